@@ -1,0 +1,62 @@
+"""jaxninja: makemore part 4 ("becoming a backprop ninja") in JAX.
+
+A character-level MLP whose backward pass is written by hand, at the notebook's three grains
+(atomic, fused cross-entropy, fused BatchNorm), jitted, and checked against jax.grad and PyTorch.
+"""
+
+from jaxninja.autodiff import grads_autodiff
+from jaxninja.backward import backward_atomic, backward_fused, loss, loss_and_grads
+from jaxninja.config import ModelConfig
+from jaxninja.data import (
+    Vocab,
+    build_dataset,
+    download_names,
+    load_splits,
+    read_words,
+    resolve_data_path,
+    split_words,
+)
+from jaxninja.errors import UsageError
+from jaxninja.model import (
+    GRAD_ORDER,
+    INTERMEDIATES,
+    PARAMS,
+    Case,
+    forward,
+    forward_chunked,
+    forward_loss,
+    init_params,
+    make_case,
+    to_device,
+)
+from jaxninja.verify import Report, run_check
+
+__all__ = [
+    "GRAD_ORDER",
+    "INTERMEDIATES",
+    "PARAMS",
+    "Case",
+    "ModelConfig",
+    "Report",
+    "UsageError",
+    "Vocab",
+    "backward_atomic",
+    "backward_fused",
+    "build_dataset",
+    "download_names",
+    "forward",
+    "forward_chunked",
+    "forward_loss",
+    "grads_autodiff",
+    "init_params",
+    "load_splits",
+    "loss",
+    "loss_and_grads",
+    "make_case",
+    "read_words",
+    "resolve_data_path",
+    "run_check",
+    "split_words",
+    "to_device",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,204 @@
+"""The notebook's data pipeline: a words file -> Vocab -> shuffled 80/10/10 split -> (X, Y).
+
+The split and the context windows reproduce the notebook's `build_dataset` element for element
+(`random.seed(42)`, `random.shuffle`, `int(0.8*n)`, `int(0.9*n)`), but the windows are built with
+numpy index arithmetic instead of a Python loop per character. This module also says where the
+words file lives and downloads names.txt, checked against its SHA-256, when it is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxninja.errors import UsageError
+
+TERMINATOR = "."
+NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
+NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
+DEFAULT_DATA = Path("data") / "names.txt"
+DATA_ENV = "JAXNINJA_DATA"
+SPLITS = ("train", "val", "test")
+
+
+def read_words(path: str | os.PathLike) -> list[str]:
+    """One word per line (UTF-8); blank lines are skipped, a word with '.' is an error."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(
+            f"words file {path} not found: pass --data PATH, or run `jaxninja data download`"
+        ) from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory: pass --data PATH to a words file") from None
+    except OSError as e:
+        raise UsageError(f"cannot read words file {path}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UsageError(
+            f"{path} is not UTF-8 (byte 0x{raw[e.start]:02x} on line {line}): save it as UTF-8"
+        ) from None
+    text = text.removeprefix("\ufeff")  # a byte-order mark is not a character of the first word
+    words = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if TERMINATOR in line:
+            raise UsageError(
+                f"{path} line {lineno}: {line!r} contains {TERMINATOR!r}, which the model uses as "
+                "its terminator: remove or replace it"
+            )
+        words.append(line)
+    if not words:
+        raise UsageError(f"{path} holds no words: give a file with one word per line")
+    return words
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Characters in sorted order from index 1; the terminator '.' is 0 (the notebook's stoi)."""
+
+    chars: tuple[str, ...]
+
+    @classmethod
+    def from_words(cls, words: list[str]) -> Vocab:
+        return cls(tuple(sorted(set("".join(words)))))
+
+    @property
+    def itos(self) -> dict[int, str]:
+        return {0: TERMINATOR, **{i + 1: c for i, c in enumerate(self.chars)}}
+
+    @property
+    def stoi(self) -> dict[str, int]:
+        return {c: i for i, c in self.itos.items()}
+
+    @property
+    def size(self) -> int:
+        return len(self.chars) + 1
+
+    def encode(self, text: str) -> np.ndarray:
+        """Indices of every character of `text`, vectorized over code points."""
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        table = np.array([ord(c) for c in self.chars], dtype=np.uint32)  # sorted, as chars are
+        pos = np.searchsorted(table, codes)
+        found = (pos < len(table)) & (table[np.minimum(pos, len(table) - 1)] == codes)
+        ids = np.where(codes == ord(TERMINATOR), 0, pos + 1)
+        unknown = ~found & (codes != ord(TERMINATOR))
+        if unknown.any():
+            c = chr(int(codes[np.argmax(unknown)]))
+            raise UsageError(f"character {c!r} is not in the vocabulary: use the training data's")
+        return ids.astype(np.int32)
+
+    def decode(self, ids) -> str:
+        itos = self.itos
+        return "".join(itos[int(i)] for i in ids)
+
+
+def split_words(words: list[str], seed: int = 42) -> dict[str, list[str]]:
+    """The notebook's split: shuffle with `random.seed(42)`, then 80% / 10% / 10% of the words."""
+    words = list(words)
+    random.Random(seed).shuffle(words)  # same permutation as random.seed(seed); random.shuffle
+    n1, n2 = int(0.8 * len(words)), int(0.9 * len(words))
+    return {"train": words[:n1], "val": words[n1:n2], "test": words[n2:]}
+
+
+def build_dataset(words: list[str], vocab: Vocab, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Context windows X (N, block_size) and next characters Y (N,), the notebook's order.
+
+    Every word contributes len(word)+1 examples (its characters, then the terminator); the
+    context of example k is the block_size characters before it within its own word, 0-padded.
+    """
+    if not isinstance(block_size, int) or block_size < 1:
+        raise UsageError(f"block size must be an integer >= 1, got {block_size!r}")
+    if not words:
+        return np.zeros((0, block_size), np.int32), np.zeros((0,), np.int32)
+    Y = vocab.encode(TERMINATOR.join(words) + TERMINATOR)  # (N,) each word then its terminator
+    lengths = np.array([len(w) + 1 for w in words])  # examples per word
+    starts = np.repeat(
+        np.cumsum(lengths) - lengths, lengths
+    )  # (N,) where each example's word starts
+    k = np.arange(len(Y))
+    back = np.arange(-block_size, 0)  # (block_size,) offsets of the context, oldest first
+    src = k[:, None] + back[None, :]  # (N, block_size)
+    inside = src >= starts[:, None]
+    X = np.where(inside, Y[np.maximum(src, 0)], 0).astype(np.int32)
+    return X, Y
+
+
+class Splits(NamedTuple):
+    vocab: Vocab
+    words: dict[str, list[str]]
+    data: dict[str, tuple[np.ndarray, np.ndarray]]  # split name -> (X, Y)
+
+
+def load_splits(path: str | os.PathLike, block_size: int) -> Splits:
+    """Read a words file and build the notebook's three splits."""
+    words = read_words(path)
+    vocab = Vocab.from_words(words)
+    parts = split_words(words)
+    data = {name: build_dataset(ws, vocab, block_size) for name, ws in parts.items()}
+    return Splits(vocab, parts, data)
+
+
+def resolve_data_path(data: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """`--data PATH` > `$JAXNINJA_DATA` > `data/names.txt`, downloading only the last if missing."""
+    if data is not None:
+        return Path(data)
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    if not DEFAULT_DATA.exists() and download:
+        print(f"{DEFAULT_DATA} is missing: downloading names.txt", file=sys.stderr)
+        download_names(DEFAULT_DATA)
+    return DEFAULT_DATA
+
+
+def download_names(
+    dest: str | os.PathLike = DEFAULT_DATA,
+    url: str | None = None,
+    sha256: str | None = None,
+    timeout: float = 30.0,
+) -> Path:
+    """Fetch names.txt (from NAMES_URL unless `url`) and check its SHA-256 (NAMES_SHA256 unless
+    `sha256`); on any failure no new file is left at `dest` and an existing one is untouched."""
+    url = url or NAMES_URL
+    sha256 = sha256 or NAMES_SHA256
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as f:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    while chunk := response.read(1 << 16):
+                        digest.update(chunk)
+                        f.write(chunk)
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                reason = getattr(e, "reason", None) or e
+                raise UsageError(
+                    f"download of {url} failed ({reason}): check the network, or copy names.txt "
+                    f"to {dest} yourself"
+                ) from None
+        if digest.hexdigest() != sha256:
+            raise UsageError(
+                f"download of {url} has SHA-256 {digest.hexdigest()}, expected {sha256}: "
+                "nothing was saved; try again, or copy the right names.txt yourself"
+            )
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest

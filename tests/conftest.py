@@ -1,0 +1,30 @@
+"""Strict JAX for every test: float64 available, rank promotion an error, full-precision matmuls."""
+
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_default_matmul_precision", "highest")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def names_path() -> Path:
+    """data/names.txt, downloaded (SHA-256 checked) on first use if it is not there."""
+    from jaxninja.data import download_names
+
+    path = ROOT / "data" / "names.txt"
+    if not path.exists():
+        download_names(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def splits(names_path):
+    from jaxninja.data import load_splits
+
+    return load_splits(names_path, 3)

@@ -1,0 +1,74 @@
+"""The command line as a user runs it: outputs, exit codes, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jaxninja.cli import main
+from jaxninja.verify import WAYS
+
+
+def test_data_show(names_path, capsys):
+    assert main(["data", "--data", str(names_path)]) == 0
+    out = capsys.readouterr().out
+    assert "vocab_size: 27" in out
+    assert "182625 examples" in out and "22655 examples" in out and "22866 examples" in out
+
+
+def test_check_table(names_path, capsys):
+    assert main(["check", "--data", str(names_path), "--n-hidden", "16", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("tensor") and all(w in lines[0] for w in WAYS)
+    assert sum(1 for line in lines if line.startswith("bnvar_inv ")) == 1
+    assert lines[-1].startswith("OK: 26 tensors")
+
+
+def test_check_json(names_path, capsys):
+    args = ["check", "--data", str(names_path), "--dtype", "float64", "--json", "--seed", "3"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["dtype"] == "float64"
+    assert len(report["rows"]) == 26
+    row = report["rows"][0]
+    assert row["name"] == "logprobs" and row["shape"] == [32, 27]
+    assert set(row["jax.grad"]) == {"exact", "approx", "maxdiff"}
+
+
+def test_check_without_torch(names_path, capsys, monkeypatch):
+    monkeypatch.setattr("jaxninja.verify.torch_available", lambda: False)
+    assert main(["check", "--data", str(names_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and "torch" in report["skipped"] and "torch" not in report["losses"]
+    assert all(r["torch"] is None and r["jax.grad"]["approx"] for r in report["rows"])
+    assert main(["check", "--data", str(names_path)]) == 0
+    assert "skipped: torch, torch manual, grad~torch (PyTorch is not installed" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["check", "--batch-size", "1"], "batch size must be >= 2"),
+        (["check", "--dtype", "float16"], "invalid choice: 'float16'"),
+        (["check", "--n-hidden", "0"], "--n-hidden: must be >= 1"),
+        (["check", "--block-size", "-2"], "--block-size: must be >= 1"),
+        (["check", "--batch-size", "x"], "'x' is not an integer"),
+        (["data", "--data", "/nonexistent/words.txt"], "not found: pass --data PATH"),
+    ],
+)
+def test_bad_input_is_one_line(args, message):
+    r = subprocess.run([sys.executable, "-m", "jaxninja", *args], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_split_too_small_for_a_batch(tmp_path, capsys):
+    f = tmp_path / "w.txt"
+    f.write_text("ab\ncd\n")
+    assert main(["check", "--data", str(f)]) == 2
+    assert "fewer than one batch of 32" in capsys.readouterr().err
