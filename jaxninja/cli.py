@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
-from jaxninja.errors import UsageError
+from jaxninja.errors import Interrupted, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +47,26 @@ def _add_model_flags(p: argparse.ArgumentParser, n_hidden: int) -> None:
     )
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jaxninja",
@@ -72,6 +94,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the parameters and batch (0)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
+
+    # train: every default None here means "TrainConfig's default, or the checkpoint's on --resume"
+    p = sub.add_parser("train", help="train on the manual gradients (exercise 4), then evaluate")
+    _add_data_flag(p)
+    p.add_argument("--steps", type=_positive_int, help="training steps (200000)")
+    p.add_argument("--batch-size", type=_positive_int, help="batch size (32)")
+    p.add_argument("--lr", type=_positive_float, help="initial learning rate (sgd 0.1, adam 1e-3)")
+    p.add_argument("--lr-decay-step", type=_nonnegative_int, help="step of the decay (100000)")
+    p.add_argument("--lr-decay", type=_positive_float, help="factor of the decay (0.1)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), help="sgd (the notebook's) or adam")
+    p.add_argument("--block-size", type=_positive_int, help="context length (3)")
+    p.add_argument("--n-embd", type=_positive_int, help="embedding size (10)")
+    p.add_argument("--n-hidden", type=_positive_int, help="hidden units (200)")
+    p.add_argument("--seed", type=_nonnegative_int, help="initialisation and batches (2147483647)")
+    p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints")
+    p.add_argument("--out", default="out", help="run directory for checkpoints and plot (out)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    for name, what in (("sample", "sample names"), ("eval", "split losses")):
+        p = sub.add_parser(name, help=f"{what} of a trained checkpoint")
+        p.add_argument(
+            "--checkpoint", required=True, help="a .safetensors checkpoint, or a run directory"
+        )
+        if name == "sample":
+            p.add_argument("-n", type=_positive_int, default=20, help="how many names (20)")
+            p.add_argument("--temperature", type=_positive_float, default=1.0, help="(1.0)")
+            p.add_argument("--seed", type=_nonnegative_int, default=0, help="(0)")
+        else:
+            _add_data_flag(p)
     return parser
 
 
@@ -118,13 +170,122 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-COMMANDS = {"data": cmd_data, "check": cmd_check}
+def _train_configs(args: argparse.Namespace, vocab_size: int):
+    """Flags onto ModelConfig and TrainConfig; on --resume the checkpoint's values fill the gaps."""
+    from jaxninja import checkpoint
+    from jaxninja.config import ModelConfig, TrainConfig
+
+    model = ModelConfig(vocab_size=vocab_size, n_hidden=200)
+    train = TrainConfig()
+    if args.resume and (found := checkpoint.latest(args.out) if Path(args.out).is_dir() else None):
+        ckpt = checkpoint.load(found)
+        model, train = ckpt.model, ckpt.train
+    model_flags = {k: getattr(args, k) for k in ("block_size", "n_embd", "n_hidden")}
+    train_flags = {
+        k: getattr(args, k)
+        for k in (
+            "steps", "batch_size", "lr", "lr_decay_step", "lr_decay", "optimizer", "seed",
+            "checkpoint_every",
+        )
+    }  # fmt: skip
+    if args.optimizer == "adam" and args.lr is None and not args.resume:
+        train_flags["lr"] = 1e-3
+    model = replace(
+        model, vocab_size=vocab_size, **{k: v for k, v in model_flags.items() if v is not None}
+    )
+    train_flags = {k: v for k, v in train_flags.items() if v is not None}
+    if "checkpoint_every" in train_flags and "chunk_steps" not in train_flags:
+        train_flags["chunk_steps"] = min(train.chunk_steps, train_flags["checkpoint_every"])
+    return model, replace(train, **train_flags)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from jaxninja import data
+    from jaxninja.model import to_device
+    from jaxninja.sample import sample_names
+    from jaxninja.train import train
+
+    path = data.resolve_data_path(args.data)
+    words = data.read_words(path)
+    vocab = data.Vocab.from_words(words)
+    model_cfg, train_cfg = _train_configs(args, vocab.size)
+    splits = data.splits_from_words(words, model_cfg.block_size)
+    print(f"training {train_cfg.steps} steps of {train_cfg.optimizer} on {path}: {model_cfg}")
+    result = train(
+        model_cfg, train_cfg, splits.data["train"], vocab, args.out,
+        resume=args.resume, progress=not args.no_progress,
+    )  # fmt: skip
+    ckpt = result.checkpoint
+    if result.steps_run:
+        us = result.train_seconds / result.steps_run * 1e6
+        print(
+            f"trained {result.steps_run} steps in {result.train_seconds:.1f} s ({us:.1f} µs/step; "
+            f"compile {result.compile_seconds:.1f} s)"
+        )
+    _print_split_losses(ckpt, splits)
+    params = to_device(ckpt.params)
+    names = sample_names(params, ckpt.bn, vocab, model_cfg.block_size, n=10, seed=0)
+    print("samples: " + ", ".join(names))
+    print(f"checkpoint: {result.path}; loss plot: {Path(args.out) / 'loss.png'}")
+    return 0
+
+
+def _print_split_losses(ckpt, splits) -> None:
+    from jaxninja.data import SPLITS
+    from jaxninja.model import split_loss, to_device
+
+    params = to_device(ckpt.params)
+    stats = [("calibrated", ckpt.bn_calibrated), ("running", ckpt.bn_running)]
+    for label, bn in stats:
+        if bn is None:
+            continue
+        losses = {s: split_loss(params, bn, *splits.data[s], eps=ckpt.model.eps) for s in SPLITS}
+        cells = "  ".join(f"{s} {v:.4f}" for s, v in losses.items())
+        print(f"split loss ({label} BatchNorm): {cells}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from jaxninja import checkpoint, data
+
+    ckpt = checkpoint.load(args.checkpoint)
+    path = data.resolve_data_path(args.data)
+    splits = data.load_splits(path, ckpt.model.block_size)
+    checkpoint.check_vocab(ckpt, splits.vocab, str(path))
+    print(f"checkpoint at step {ckpt.step} on {path}")
+    _print_split_losses(ckpt, splits)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from jaxninja import checkpoint
+    from jaxninja.model import to_device
+    from jaxninja.sample import sample_names
+
+    ckpt = checkpoint.load(args.checkpoint)
+    names = sample_names(
+        to_device(ckpt.params), ckpt.bn, ckpt.vocab, ckpt.model.block_size,
+        n=args.n, seed=args.seed, temperature=args.temperature, eps=ckpt.model.eps,
+    )  # fmt: skip
+    print("\n".join(names))
+    return 0
+
+
+COMMANDS = {
+    "data": cmd_data,
+    "check": cmd_check,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "sample": cmd_sample,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except Interrupted as e:
+        print(f"jaxninja: {e}", file=sys.stderr)
+        return 130
     except UsageError as e:
         print(f"jaxninja: error: {e}", file=sys.stderr)
         return 2

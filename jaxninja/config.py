@@ -5,6 +5,7 @@ The defaults are the notebook's (makemore part 4) for the gradient checks; train
 """
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 from jaxninja.errors import UsageError
 
@@ -44,3 +45,45 @@ def check_batch_size(batch_size: int, n_examples: int | None = None, split: str 
             f"the {split} split has {n_examples} examples, fewer than one batch of {batch_size}: "
             "use a smaller --batch-size or a larger words file"
         )
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 200_000  # SGD steps, the notebook's exercise 4
+    batch_size: int = 32  # examples per step, drawn with replacement from the train split
+    lr: float = 0.1  # initial learning rate
+    lr_decay_step: int = 100_000  # the step from which the rate is lr * lr_decay
+    lr_decay: float = 0.1  # so 0.1 -> 0.01, the notebook's schedule
+    optimizer: str = "sgd"  # sgd (the notebook's) or adam (optax), both on the manual gradients
+    seed: int = 2147483647  # the notebook's generator seed: initialisation and batch stream
+    chunk_steps: int = 1000  # steps per jitted lax.scan call; progress updates in between
+    checkpoint_every: int = 10_000  # steps between checkpoints (a multiple of chunk_steps)
+    bn_momentum: float = 0.001  # running BatchNorm statistics, as in makemore part 3
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "chunk_steps", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+        check_batch_size(self.batch_size)
+        if not (isinstance(self.lr_decay_step, int) and self.lr_decay_step >= 0):
+            raise UsageError(f"lr-decay-step must be an integer >= 0, got {self.lr_decay_step!r}")
+        for name in ("lr", "lr_decay"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value < float("inf")):
+                raise UsageError(f"{name.replace('_', '-')} must be a number > 0, got {value!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.checkpoint_every % self.chunk_steps:
+            raise UsageError("checkpoint-every must be a multiple of chunk-steps")
+        if not 0 < self.bn_momentum <= 1:
+            raise UsageError(f"bn-momentum must be in (0, 1], got {self.bn_momentum!r}")
+
+    @property
+    def lr_decayed(self) -> float:
+        """lr * lr_decay as the decimals written: 0.1 * 0.1 is exactly 0.01, not
+        0.010000000000000002 (float64) or 0.0100000007 (float32); rounded to the dtype once."""
+        return float(Decimal(repr(self.lr)) * Decimal(repr(self.lr_decay)))

@@ -12,7 +12,6 @@ import hashlib
 import os
 import random
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxninja.errors import UsageError
+from jaxninja.fileio import atomic_path
 
 TERMINATOR = "."
 NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
@@ -146,7 +146,11 @@ class Splits(NamedTuple):
 
 def load_splits(path: str | os.PathLike, block_size: int) -> Splits:
     """Read a words file and build the notebook's three splits."""
-    words = read_words(path)
+    return splits_from_words(read_words(path), block_size)
+
+
+def splits_from_words(words: list[str], block_size: int) -> Splits:
+    """The vocabulary of `words` and the notebook's three splits of them."""
     vocab = Vocab.from_words(words)
     parts = split_words(words)
     data = {name: build_dataset(ws, vocab, block_size) for name, ws in parts.items()}
@@ -176,11 +180,9 @@ def download_names(
     url = url or NAMES_URL
     sha256 = sha256 or NAMES_SHA256
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
+    with atomic_path(dest) as tmp:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
                     while chunk := response.read(1 << 16):
@@ -197,8 +199,4 @@ def download_names(
                 f"download of {url} has SHA-256 {digest.hexdigest()}, expected {sha256}: "
                 "nothing was saved; try again, or copy the right names.txt yourself"
             )
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest

@@ -8,3 +8,7 @@ Everything else is a bug and keeps its traceback.
 
 class UsageError(Exception):
     """Bad input: the message is one line that says what to do."""
+
+
+class Interrupted(UsageError):
+    """Ctrl-C during training: the state was saved; the message says where and how to resume."""

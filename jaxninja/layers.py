@@ -86,6 +86,19 @@ def batchnorm_backward(
     return dhprebn, (bnraw * dhpreact).sum(0, keepdims=True), dhpreact.sum(0, keepdims=True)
 
 
+def batchnorm_eval(
+    x: jax.Array,
+    bngain: jax.Array,
+    bnbias: jax.Array,
+    bnmean: jax.Array,
+    bnvar: jax.Array,
+    eps: float,
+) -> jax.Array:
+    """Inference-mode BatchNorm with fixed statistics (calibrated or running), as the notebook's
+    split_loss and sampling use it."""
+    return bngain * (x - bnmean) * (bnvar + eps) ** -0.5 + bnbias
+
+
 def tanh_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     h = jnp.tanh(x)
     return h, h

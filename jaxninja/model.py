@@ -166,3 +166,38 @@ def forward(params: Params, Xb: jax.Array, Yb: jax.Array, eps: float = 1e-5):
 def forward_loss(params: Params, Xb: jax.Array, Yb: jax.Array, eps: float = 1e-5) -> jax.Array:
     """The compact forward's loss, jitted."""
     return forward(params, Xb, Yb, eps)[0]
+
+
+class BNStats(NamedTuple):
+    """BatchNorm statistics for inference: calibrated over the train split, or running."""
+
+    mean: jax.Array  # (1, H)
+    var: jax.Array  # (1, H) Bessel-corrected
+
+
+@partial(jax.jit, static_argnames="eps")
+def logits_eval(params: Params, bn: BNStats, X: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Inference forward with fixed BatchNorm statistics: (N, T) -> logits (N, V)."""
+    embcat, _ = layers.embedding_forward(params["C"], X)  # (N, T*E)
+    hprebn, _ = layers.linear_forward(embcat, params["W1"], params["b1"])  # (N, H)
+    hpreact = layers.batchnorm_eval(hprebn, params["bngain"], params["bnbias"], *bn, eps)
+    logits, _ = layers.linear_forward(jnp.tanh(hpreact), params["W2"], params["b2"])  # (N, V)
+    return logits
+
+
+@jax.jit
+def calibrate_bn(params: Params, X: jax.Array) -> BNStats:
+    """The notebook's calibration: BatchNorm's mean and (n-1) variance over all of X at once."""
+    embcat, _ = layers.embedding_forward(params["C"], X)  # (N, T*E)
+    hprebn, _ = layers.linear_forward(embcat, params["W1"], params["b1"])  # (N, H)
+    return BNStats(hprebn.mean(0, keepdims=True), hprebn.var(0, ddof=1, keepdims=True))
+
+
+def split_loss(
+    params: Params, bn: BNStats, X: np.ndarray, Y: np.ndarray, eps: float = 1e-5
+) -> float:
+    """The notebook's split_loss: mean cross-entropy over a whole split in inference mode."""
+    if len(X) == 0:
+        return float("nan")
+    logits = logits_eval(params, bn, jnp.asarray(X), eps=eps)
+    return float(layers.cross_entropy_forward(logits, jnp.asarray(Y))[0])

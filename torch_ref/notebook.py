@@ -204,3 +204,73 @@ def run_case(params, Xb, Yb, eps: float = EPS) -> dict:
         "manual": manual_backward(params, Xb, Yb, eps),
         "fused": fused_backward(params, Xb, Yb, eps),
     }
+
+
+# --- exercise 4: training on the manual gradients, calibration, evaluation ----------------------
+
+
+def step_manual(p: dict[str, torch.Tensor], Xb, Yb, lr: float, eps: float = EPS) -> torch.Tensor:
+    """One step of the notebook's exercise-4 loop: forward, fused manual backward, SGD."""
+    loss, _, grads = _fused(p, Xb, Yb, eps)
+    for k in PARAMS:
+        p[k] += -lr * grads[k]
+    return loss
+
+
+@torch.no_grad()
+def train_loop(
+    params: dict[str, np.ndarray],
+    X: np.ndarray,
+    Y: np.ndarray,
+    indices: np.ndarray,
+    lr: float = 0.1,
+    lr_decayed: float = 0.01,
+    lr_decay_step: int = 100_000,
+    eps: float = EPS,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The notebook's exercise-4 loop on given batches: indices (steps, B) into (X, Y).
+
+    Returns every step's loss and the final parameters. With jaxninja's initial parameters and
+    batch indices (jaxninja.train.batch_indices) it replays a jaxninja run step for step.
+    """
+    p, X, Y = _tensors(params, X, Y)
+    ix = torch.tensor(np.asarray(indices), dtype=torch.long)
+    losses = []
+    for i in range(len(ix)):
+        lr_i = lr if i < lr_decay_step else lr_decayed
+        losses.append(step_manual(p, X[ix[i]], Y[ix[i]], lr_i, eps).item())
+    return np.array(losses, np.float64), _numpy(p)
+
+
+@torch.no_grad()
+def calibrate_bn(params: dict[str, np.ndarray], X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The notebook's BatchNorm calibration over a whole split: (bnmean, bnvar), each (1, H)."""
+    p, X, _ = _tensors(params, X, np.zeros(len(X), np.int64))
+    emb = p["C"][X]
+    hpreact = emb.view(emb.shape[0], -1) @ p["W1"] + p["b1"]
+    return hpreact.mean(0, keepdim=True).numpy(), hpreact.var(
+        0, keepdim=True, unbiased=True
+    ).numpy()
+
+
+@torch.no_grad()
+def split_loss(params, bnmean, bnvar, X, Y, eps: float = EPS) -> float:
+    """The notebook's split_loss: inference-mode forward with fixed BatchNorm statistics."""
+    p, X, Y = _tensors(params, X, Y)
+    bnmean, bnvar = torch.from_numpy(np.asarray(bnmean)), torch.from_numpy(np.asarray(bnvar))
+    emb = p["C"][X]
+    embcat = emb.view(emb.shape[0], -1)
+    hpreact = embcat @ p["W1"] + p["b1"]
+    hpreact = p["bngain"] * (hpreact - bnmean) * (bnvar + eps) ** -0.5 + p["bnbias"]
+    h = torch.tanh(hpreact)
+    logits = h @ p["W2"] + p["b2"]
+    return F.cross_entropy(logits, Y).item()
+
+
+def load_checkpoint(path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """A jaxninja checkpoint's parameters and inference BatchNorm statistics (calibrated where
+    it has them, else running), ready for `split_loss`."""
+    from jaxninja import checkpoint
+
+    ckpt = checkpoint.load(path)
+    return ckpt.params, *ckpt.bn

@@ -1,0 +1,171 @@
+"""Training speed: jaxninja against the notebook's PyTorch loops, in one process, same machine.
+
+    python benchmarks/train_speed.py [--steps 2000] [--no-compile] [--full]
+
+Measures µs per training step at the notebook's sizes (n_embd 10, n_hidden 200, block 3,
+batch 32) of
+  (a) the notebook's exercise-4 loop in PyTorch: manual backward, dC by index_add_ (torch_ref),
+  (b) the same model in PyTorch with autograd (loss.backward()) and the same SGD update,
+  (c) torch.compile of (a), where it works here,
+  (d) jaxninja: the jitted lax.scan loop on the hand-written fused backward,
+and prints the ratios (a)/(d) etc. With --full it also times jaxninja's whole 200k-step run
+(compile excluded and reported). Timings are wall-clock medians over repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+
+def time_torch(step, p, X, Y, steps: int, repeats: int, batch_size: int = 32) -> float:
+    import torch
+
+    g = torch.Generator().manual_seed(2147483647)
+
+    def loop(n):
+        for i in range(n):
+            ix = torch.randint(0, X.shape[0], (batch_size,), generator=g)
+            step(p, X[ix], Y[ix], 0.1 if i < 100_000 else 0.01)
+
+    loop(20)  # warm-up (and, for torch.compile, compilation)
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        loop(steps)
+        runs.append((time.perf_counter() - t0) / steps * 1e6)
+    return statistics.median(runs)
+
+
+def autograd_step(p, Xb, Yb, lr, eps=1e-5):
+    """PyTorch autograd on the compact forward, then the same SGD update."""
+    import torch
+    import torch.nn.functional as F
+
+    emb = p["C"][Xb]
+    hprebn = emb.view(emb.shape[0], -1) @ p["W1"] + p["b1"]
+    bnmean = hprebn.mean(0, keepdim=True)
+    bnvar = hprebn.var(0, keepdim=True, unbiased=True)
+    hpreact = p["bngain"] * (hprebn - bnmean) * (bnvar + eps) ** -0.5 + p["bnbias"]
+    logits = torch.tanh(hpreact) @ p["W2"] + p["b2"]
+    loss = F.cross_entropy(logits, Yb)
+    for t in p.values():
+        t.grad = None
+    loss.backward()
+    with torch.no_grad():
+        for t in p.values():
+            t += -lr * t.grad
+    return loss
+
+
+def time_jaxninja(params, X, Y, steps: int, repeats: int) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    from jaxninja.config import ModelConfig, TrainConfig
+    from jaxninja.model import BNStats, to_device
+    from jaxninja.train import TrainState, chunk_runner, make_optimizer
+
+    mc, tc = ModelConfig(vocab_size=27, n_hidden=200), TrainConfig()
+    p = to_device(params)
+    state = TrainState(p, make_optimizer(tc, "float32").init(p), BNStats(
+        jnp.zeros((1, 200), jnp.float32), jnp.ones((1, 200), jnp.float32)))  # fmt: skip
+    Xd, Yd = jnp.asarray(X), jnp.asarray(Y)
+    chunk = tc.chunk_steps
+    run = chunk_runner(mc, tc).lower(state, 0, Xd, Yd, n_steps=chunk).compile()
+    state = jax.block_until_ready(run(state, 0, Xd, Yd))[0]
+    runs = []
+    n_chunks = max(1, steps // chunk)
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        for c in range(n_chunks):
+            state, losses, _ = run(state, (r * n_chunks + c) * chunk, Xd, Yd)
+        np.asarray(losses)
+        runs.append((time.perf_counter() - t0) / (n_chunks * chunk) * 1e6)
+    return statistics.median(runs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=2000, help="steps per timed repeat (2000)")
+    ap.add_argument("--repeats", type=int, default=5, help="repeats; the median is kept (5)")
+    ap.add_argument("--no-compile", action="store_true", help="skip (c), torch.compile")
+    ap.add_argument("--full", action="store_true", help="also time jaxninja's full 200k run")
+    ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--data", default=None)
+    args = ap.parse_args()
+
+    import jax
+    import torch
+
+    import torch_ref
+    from jaxninja.config import ModelConfig
+    from jaxninja.data import load_splits, resolve_data_path
+    from jaxninja.model import init_params
+
+    splits = load_splits(resolve_data_path(args.data), 3)
+    X, Y = splits.data["train"]
+    params = init_params(ModelConfig(vocab_size=splits.vocab.size, n_hidden=200), 2147483647)
+
+    def torch_params(grad=False):
+        return {k: torch.tensor(v, requires_grad=grad) for k, v in params.items()}
+
+    Xt, Yt = torch.tensor(X).long(), torch.tensor(Y).long()
+    results: dict[str, float | str] = {}
+    with torch.no_grad():
+        results["(a) notebook loop, PyTorch manual"] = time_torch(
+            torch_ref.step_manual, torch_params(), Xt, Yt, args.steps, args.repeats)  # fmt: skip
+    results["(b) PyTorch autograd"] = time_torch(
+        autograd_step, torch_params(grad=True), Xt, Yt, args.steps, args.repeats)  # fmt: skip
+    if args.no_compile:
+        results["(c) torch.compile of (a)"] = "skipped (--no-compile)"
+    else:
+        try:
+            compiled = torch.compile(torch_ref.step_manual)
+            with torch.no_grad():
+                results["(c) torch.compile of (a)"] = time_torch(
+                    compiled, torch_params(), Xt, Yt, args.steps, args.repeats)  # fmt: skip
+        except Exception as e:  # inductor needs a working C++ toolchain
+            results["(c) torch.compile of (a)"] = f"failed: {type(e).__name__}"
+    jax_us = time_jaxninja(params, X, Y, args.steps, args.repeats)
+    results["(d) jaxninja"] = jax_us
+
+    device = jax.devices()[0]
+    print(f"machine: {platform.processor() or platform.machine()}, jax {jax.__version__} on "
+          f"{device.platform} ({device.device_kind}), torch {torch.__version__} with "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+    print(f"{'loop':38s} {'µs/step':>9s} {'vs jaxninja':>12s}")
+    for name, us in results.items():
+        if isinstance(us, str):
+            print(f"{name:38s} {us}")
+        else:
+            print(f"{name:38s} {us:9.1f} {us / jax_us:11.1f}x")
+    if args.full:
+        from jaxninja.config import TrainConfig
+        from jaxninja.train import train
+
+        with tempfile.TemporaryDirectory() as out:
+            mc = ModelConfig(vocab_size=splits.vocab.size, n_hidden=200)
+            r = train(
+                mc, TrainConfig(), (X, Y), splits.vocab, out, progress=False, log=lambda s: None
+            )
+        results["full 200k run: training s"] = r.train_seconds
+        results["full 200k run: compile s"] = r.compile_seconds
+        us = r.train_seconds / 200_000 * 1e6
+        print(
+            f"jaxninja full 200k-step run: {r.train_seconds:.1f} s training ({us:.1f} µs/step), "
+            f"{r.compile_seconds:.1f} s compile"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

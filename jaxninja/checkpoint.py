@@ -1,0 +1,150 @@
+"""Checkpoints as safetensors: params, BatchNorm statistics, optimizer state, loss log, and in
+the metadata the configs, the vocabulary and the step.
+
+Written atomically (a temp file in the same directory, fsync, rename), so a crash or Ctrl-C
+mid-write leaves the previous checkpoint intact. Loading validates everything a later command
+relies on and turns any problem into a one-line UsageError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import safetensors.numpy
+from safetensors import SafetensorError, safe_open
+
+from jaxninja.config import ModelConfig, TrainConfig
+from jaxninja.data import Vocab
+from jaxninja.errors import UsageError
+from jaxninja.fileio import atomic_path
+from jaxninja.model import PARAMS, BNStats, param_shapes
+
+FORMAT = "jaxninja-checkpoint-1"
+NAME = re.compile(r"ckpt-(\d+)\.safetensors")
+
+
+class Checkpoint(NamedTuple):
+    step: int  # training steps done
+    model: ModelConfig
+    train: TrainConfig
+    vocab: Vocab
+    params: dict[str, np.ndarray]
+    bn_running: BNStats  # running mean/var kept during training
+    bn_calibrated: BNStats | None  # over the whole train split, once training has ended
+    opt_leaves: list[np.ndarray]  # the optimizer state, flattened
+    losses: np.ndarray  # (step,) the training loss of every step so far
+
+    @property
+    def bn(self) -> BNStats:
+        """The statistics inference uses: calibrated where there are some, else running."""
+        return self.bn_calibrated if self.bn_calibrated is not None else self.bn_running
+
+
+def filename(step: int) -> str:
+    return f"ckpt-{step:07d}.safetensors"
+
+
+def save(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
+    """Write `ckpt` to `path` atomically."""
+    path = Path(path)
+    tensors = {f"params/{k}": np.asarray(ckpt.params[k]) for k in PARAMS}
+    tensors["bn/running_mean"], tensors["bn/running_var"] = map(np.asarray, ckpt.bn_running)
+    if ckpt.bn_calibrated is not None:
+        tensors["bn/mean"], tensors["bn/var"] = map(np.asarray, ckpt.bn_calibrated)
+    for i, leaf in enumerate(ckpt.opt_leaves):
+        tensors[f"opt/{i:03d}"] = np.asarray(leaf)
+    tensors["losses"] = np.asarray(ckpt.losses, np.float32)
+    metadata = {
+        "format": FORMAT,
+        "step": str(ckpt.step),
+        "model": json.dumps(asdict(ckpt.model)),
+        "train": json.dumps(asdict(ckpt.train)),
+        "vocab": json.dumps(list(ckpt.vocab.chars), ensure_ascii=False),
+    }
+    # np.asarray, not np.ascontiguousarray, which makes optax's 0-d step count shape (1,)
+    blob = safetensors.numpy.save(
+        {k: np.asarray(v, order="C") for k, v in tensors.items()}, metadata
+    )
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(blob)
+    return path
+
+
+def latest(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint of the highest step in a run directory, or None."""
+    found = [(int(m.group(1)), p) for p in Path(run_dir).iterdir() if (m := NAME.fullmatch(p.name))]
+    return max(found)[1] if found else None
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or the latest checkpoint of a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        found = latest(path)
+        if found is None:
+            raise UsageError(
+                f"{path} holds no checkpoint (ckpt-*.safetensors): train into it first"
+            )
+        return found
+    if not path.exists():
+        raise UsageError(
+            f"checkpoint {path} not found: give a .safetensors file or a run directory"
+        )
+    return path
+
+
+def load(path: str | os.PathLike) -> Checkpoint:
+    """Read and validate a checkpoint (a file, or a run directory's latest)."""
+    path = resolve(path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(
+            f"{path} is not a readable checkpoint (truncated or corrupt: {reason}): use another"
+        ) from None
+    if meta.get("format") != FORMAT:
+        raise UsageError(f"{path} is not a jaxninja checkpoint (format {meta.get('format')!r})")
+    try:
+        model = ModelConfig(**json.loads(meta["model"]))
+        train = TrainConfig(**json.loads(meta["train"]))
+        vocab = Vocab(tuple(json.loads(meta["vocab"])))
+        step = int(meta["step"])
+        params = {k: tensors[f"params/{k}"] for k in PARAMS}
+        bn_running = BNStats(tensors["bn/running_mean"], tensors["bn/running_var"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{path} is an incomplete checkpoint (missing {e}): use another") from None
+    if vocab.size != model.vocab_size:
+        raise UsageError(
+            f"{path} is inconsistent: {vocab.size} characters, vocab_size {model.vocab_size}"
+        )
+    for k, shape in param_shapes(model).items():
+        if params[k].shape != shape or params[k].dtype != np.dtype(model.dtype):
+            raise UsageError(
+                f"{path} is inconsistent: params/{k} is {params[k].dtype}{list(params[k].shape)}, "
+                f"its config says {model.dtype}{list(shape)}"
+            )
+    calibrated = BNStats(tensors["bn/mean"], tensors["bn/var"]) if "bn/mean" in tensors else None
+    opt_keys = sorted(k for k in tensors if k.startswith("opt/"))
+    losses = tensors.get("losses", np.zeros((0,), np.float32))
+    return Checkpoint(
+        step, model, train, vocab, params, bn_running, calibrated,
+        [tensors[k] for k in opt_keys], losses,
+    )  # fmt: skip
+
+
+def check_vocab(ckpt: Checkpoint, vocab: Vocab, source: str) -> None:
+    """A checkpoint only makes sense on data of the vocabulary it was trained on."""
+    if ckpt.vocab != vocab:
+        raise UsageError(
+            f"the checkpoint's vocabulary ({ckpt.vocab.size} characters) is not that of {source} "
+            f"({vocab.size}): pass the --data it was trained on"
+        )

@@ -1,0 +1,253 @@
+"""Training (exercise 4): resume, divergence, Ctrl-C, checkpoints, sampling, replay in PyTorch."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxninja import checkpoint
+from jaxninja.cli import main
+from jaxninja.config import ModelConfig, TrainConfig
+from jaxninja.errors import Interrupted, UsageError
+from jaxninja.model import init_params, split_loss, to_device
+from jaxninja.train import batch_indices, make_optimizer, train
+from jaxninja.verify import torch_available
+
+MC = ModelConfig(vocab_size=27, n_hidden=64)
+TC = TrainConfig(steps=300, chunk_steps=100, checkpoint_every=100, lr_decay_step=150)
+
+
+def run(splits, out, tc=TC, **kw):
+    return train(MC, tc, splits.data["train"], splits.vocab, out, progress=False, **kw)
+
+
+def assert_same_run(a: checkpoint.Checkpoint, b: checkpoint.Checkpoint):
+    assert a.step == b.step
+    for k in a.params:
+        assert np.array_equal(a.params[k], b.params[k]), k  # bit-identical
+    for x, y in zip(a.opt_leaves, b.opt_leaves, strict=True):
+        assert np.array_equal(x, y)
+    assert np.array_equal(a.losses, b.losses)
+    assert all(np.array_equal(x, y) for x, y in zip(a.bn_running, b.bn_running, strict=True))
+
+
+def test_resume_is_bit_identical(splits, tmp_path):
+    whole = run(splits, tmp_path / "whole")
+    assert len(whole.checkpoint.losses) == 300 and whole.checkpoint.bn_calibrated is not None
+    first = run(splits, tmp_path / "split", tc=TrainConfig(**{**TC.__dict__, "steps": 200}))
+    assert first.checkpoint.step == 200
+    resumed = run(splits, tmp_path / "split", resume=True)
+    assert_same_run(whole.checkpoint, resumed.checkpoint)
+    assert (tmp_path / "whole" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ctrl_c_saves_and_resumes(splits, tmp_path, monkeypatch):
+    whole = run(splits, tmp_path / "whole")
+    import jaxninja.train as train_mod
+
+    real = train_mod._progress
+
+    def interrupting(total, initial, enabled):
+        bar = real(total, initial, False)
+        calls = []
+
+        def update(n):
+            calls.append(n)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+
+        bar.update = update
+        return bar
+
+    monkeypatch.setattr(train_mod, "_progress", interrupting)
+    with pytest.raises(Interrupted, match=r"interrupted at step 200: saved .*--resume"):
+        run(splits, tmp_path / "cut")
+    monkeypatch.setattr(train_mod, "_progress", real)
+    assert checkpoint.load(tmp_path / "cut").step == 200
+    assert_same_run(whole.checkpoint, run(splits, tmp_path / "cut", resume=True).checkpoint)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(splits, tmp_path):
+    tc = TrainConfig(**{**TC.__dict__, "lr_decay_step": 100, "lr_decay": 1e30})  # lr 1e29 at 100
+    with pytest.raises(UsageError, match=r"loss became nan at step 101; lower --lr. kept .*0100"):
+        run(splits, tmp_path, tc=tc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000100.safetensors"]
+    assert checkpoint.load(tmp_path).step == 100
+
+
+def test_divergence_before_any_checkpoint(splits, tmp_path):
+    tc = TrainConfig(**{**TC.__dict__, "lr": 1e30})
+    with pytest.raises(UsageError, match="no checkpoint was written"):
+        run(splits, tmp_path, tc=tc)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lr_schedule_is_exactly_0_01():
+    opt = make_optimizer(TrainConfig(lr_decay_step=3), "float32")
+    import jax.numpy as jnp
+
+    state = opt.init({"w": jnp.zeros((), jnp.float32)})
+    lrs = []
+    for _ in range(5):
+        updates, state = opt.update({"w": jnp.ones((), jnp.float32)}, state)
+        lrs.append(-updates["w"])
+    assert lrs[:3] == [np.float32(0.1)] * 3 and lrs[3:] == [np.float32(0.01)] * 2
+    assert np.float32(0.1) * np.float32(0.1) != np.float32(0.01)  # why the schedule takes care
+
+
+def test_adam_trains(splits, tmp_path):
+    tc = TrainConfig(steps=300, chunk_steps=100, checkpoint_every=300, optimizer="adam", lr=1e-2)
+    result = run(splits, tmp_path, tc=tc)
+    losses = result.checkpoint.losses
+    assert losses[-50:].mean() < losses[:50].mean() - 0.3
+    assert checkpoint.load(result.path).train.optimizer == "adam"
+
+
+def test_start_into_a_used_directory_refuses(splits, tmp_path):
+    run(splits, tmp_path, tc=TrainConfig(**{**TC.__dict__, "steps": 100}))
+    with pytest.raises(UsageError, match="already holds checkpoints: pass --resume"):
+        run(splits, tmp_path)
+    with pytest.raises(UsageError, match="differs from the checkpoint"):
+        train(
+            ModelConfig(vocab_size=27, n_hidden=65), TC, splits.data["train"], splits.vocab,
+            tmp_path, resume=True, progress=False,
+        )  # fmt: skip
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(splits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return run(splits, out, tc=TrainConfig(**{**TC.__dict__, "steps": 200}))
+
+
+def test_checkpoint_round_trip(trained):
+    ckpt = checkpoint.load(trained.path)
+    assert ckpt.step == 200 and ckpt.model == MC and ckpt.vocab.size == 27
+    assert_same_run(ckpt, trained.checkpoint)
+    assert checkpoint.load(trained.path.parent).step == 200  # a run directory: its latest
+
+
+@pytest.mark.parametrize(
+    ("mangle", "match"),
+    [
+        (lambda b: b[: len(b) // 2], "not a readable checkpoint"),
+        (lambda b: b"garbage", "not a readable checkpoint"),
+        (lambda b: b"", "not a readable checkpoint"),
+    ],
+)
+def test_bad_checkpoint_files(trained, tmp_path, mangle, match):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(mangle(trained.path.read_bytes()))
+    with pytest.raises(UsageError, match=match) as e:
+        checkpoint.load(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        checkpoint.load(tmp_path / "nope.safetensors")
+    with pytest.raises(UsageError, match="holds no checkpoint"):
+        checkpoint.load(tmp_path)
+
+
+def test_checkpoint_inconsistent_with_its_config(trained, tmp_path):
+    ckpt = trained.checkpoint
+    wrong = ckpt._replace(model=ModelConfig(vocab_size=27, n_hidden=63))
+    checkpoint.save(tmp_path / "w.safetensors", wrong)
+    with pytest.raises(UsageError, match="inconsistent: params/W1"):
+        checkpoint.load(tmp_path / "w.safetensors")
+
+
+def test_eval_on_another_vocabulary(trained, tmp_path, capsys):
+    other = tmp_path / "w.txt"
+    other.write_text("\n".join(["zoë", "åsa", "émile"] * 20))
+    assert main(["eval", "--checkpoint", str(trained.path), "--data", str(other)]) == 2
+    assert "vocabulary" in capsys.readouterr().err
+
+
+def test_eval_and_sample_cli(trained, names_path, capsys):
+    assert main(["eval", "--checkpoint", str(trained.path), "--data", str(names_path)]) == 0
+    out = capsys.readouterr().out
+    assert "split loss (calibrated BatchNorm): train" in out and "val" in out
+    args = ["sample", "--checkpoint", str(trained.path.parent), "-n", "7", "--seed", "1"]
+    assert main(args) == 0
+    names = capsys.readouterr().out.split()
+    assert len(names) == 7 and all(set(n) <= set("abcdefghijklmnopqrstuvwxyz") for n in names)
+    assert main(args) == 0 and capsys.readouterr().out.split() == names  # seeded
+    assert main([*args, "--temperature", "0.01"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--steps", "0"], "--steps: must be >= 1"),
+        (["train", "--batch-size", "1"], "batch size must be >= 2"),
+        (["train", "--lr", "-1"], "--lr: must be a number > 0"),
+        (["sample", "--checkpoint", "/nonexistent"], "not found"),
+        (["sample", "--checkpoint", "x", "--temperature", "0"], "must be a number > 0"),
+    ],
+)
+def test_bad_train_input_is_one_line(args, message, tmp_path):
+    out = ["--out", str(tmp_path)] if args[0] == "train" else []
+    cmd = [sys.executable, "-m", "jaxninja", *args, *out]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_train_cli_end_to_end(names_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(names_path), "--out", str(out), "--steps", "1000",
+            "--n-hidden", "32", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "µs/step" in text and "split loss (calibrated BatchNorm)" in text and "samples:" in text
+    assert (out / "ckpt-0001000.safetensors").exists() and (out / "loss.png").exists()
+    assert main([*args[:-3], "--steps", "1500", "--resume", "--no-progress"]) == 0
+    assert checkpoint.load(out).step == 1500 and checkpoint.load(out).model.n_hidden == 32
+    assert main([*args[:-3], "--steps", "2000", "--n-hidden", "64", "--resume"]) == 2
+    assert "differs from the checkpoint" in capsys.readouterr().err
+
+
+# --- PyTorch: the same run, replayed; the same checkpoint, evaluated ---------------------------
+
+needs_torch = pytest.mark.skipif(not torch_available(), reason="needs the [torch] extra")
+
+
+@needs_torch
+def test_checkpoint_in_torch_ref_gives_the_same_split_losses(trained, splits):
+    import torch_ref
+
+    params, bnmean, bnvar = torch_ref.load_checkpoint(trained.path)
+    ckpt = trained.checkpoint
+    for s in ("train", "val", "test"):
+        ours = split_loss(to_device(ckpt.params), ckpt.bn, *splits.data[s])
+        theirs = torch_ref.split_loss(params, bnmean, bnvar, *splits.data[s])
+        assert abs(ours - theirs) < 1e-5, s
+
+
+@needs_torch
+@pytest.mark.parametrize("steps", [100, 5000])
+def test_replay_parity_with_the_notebook_loop(splits, tmp_path, steps):
+    """Same initial parameters and batches: the notebook's PyTorch loop gives the same run."""
+    import torch_ref
+
+    mc = ModelConfig(vocab_size=27, n_hidden=200)
+    tc = TrainConfig(steps=steps, chunk_steps=100, checkpoint_every=steps, lr_decay_step=steps // 2)
+    X, Y = splits.data["train"]
+    ours = train(mc, tc, (X, Y), splits.vocab, tmp_path, progress=False).checkpoint
+    indices = batch_indices(tc.seed, steps, len(X), tc.batch_size)
+    losses, params = torch_ref.train_loop(
+        init_params(mc, tc.seed), X, Y, indices, tc.lr, tc.lr_decayed, tc.lr_decay_step
+    )
+    if steps == 100:
+        assert np.abs(losses - ours.losses).max() < 1e-5
+    bnmean, bnvar = torch_ref.calibrate_bn(params, X)
+    for s in ("train", "val", "test"):
+        a = split_loss(to_device(ours.params), ours.bn, *splits.data[s])
+        b = torch_ref.split_loss(params, bnmean, bnvar, *splits.data[s])
+        assert abs(a - b) < 1e-3, (s, a, b)
