@@ -60,7 +60,7 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd (the notebook's) or adam (optax), both on the manual gradients
     seed: int = 2147483647  # the notebook's generator seed: initialisation and batch stream
     chunk_steps: int = 1000  # steps per jitted lax.scan call; progress updates in between
-    checkpoint_every: int = 10_000  # steps between checkpoints (a multiple of chunk_steps)
+    checkpoint_every: int = 10_000  # steps between checkpoints
     bn_momentum: float = 0.001  # running BatchNorm statistics, as in makemore part 3
 
     def __post_init__(self) -> None:
@@ -77,8 +77,9 @@ class TrainConfig:
                 raise UsageError(f"{name.replace('_', '-')} must be a number > 0, got {value!r}")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
-        if self.checkpoint_every % self.chunk_steps:
-            raise UsageError("checkpoint-every must be a multiple of chunk-steps")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
+            # jax.random.key keeps 32 bits without x64: larger seeds would collide
+            raise UsageError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         if not 0 < self.bn_momentum <= 1:
             raise UsageError(f"bn-momentum must be in (0, 1], got {self.bn_momentum!r}")
 
