@@ -64,18 +64,15 @@ def autograd_step(p, Xb, Yb, lr, eps=1e-5):
     return loss
 
 
-def time_jaxninja(params, X, Y, steps: int, repeats: int) -> float:
+def time_jaxninja(vocab_size: int, X, Y, steps: int, repeats: int) -> float:
     import jax
     import jax.numpy as jnp
 
     from jaxninja.config import ModelConfig, TrainConfig
-    from jaxninja.model import BNStats, to_device
-    from jaxninja.train import TrainState, chunk_runner, make_optimizer
+    from jaxninja.train import chunk_runner, init_state
 
-    mc, tc = ModelConfig(vocab_size=27, n_hidden=200), TrainConfig()
-    p = to_device(params)
-    state = TrainState(p, make_optimizer(tc, "float32").init(p), BNStats(
-        jnp.zeros((1, 200), jnp.float32), jnp.ones((1, 200), jnp.float32)))  # fmt: skip
+    mc, tc = ModelConfig(vocab_size=vocab_size, n_hidden=200), TrainConfig()
+    state = init_state(mc, tc)  # the same initial parameters as the PyTorch loops get
     Xd, Yd = jnp.asarray(X), jnp.asarray(Y)
     chunk = tc.chunk_steps
     run = chunk_runner(mc, tc).lower(state, 0, Xd, Yd, n_steps=chunk).compile()
@@ -105,13 +102,14 @@ def main() -> None:
     import torch
 
     import torch_ref
-    from jaxninja.config import ModelConfig
+    from jaxninja.config import ModelConfig, TrainConfig
     from jaxninja.data import load_splits, resolve_data_path
     from jaxninja.model import init_params
 
     splits = load_splits(resolve_data_path(args.data), 3)
     X, Y = splits.data["train"]
-    params = init_params(ModelConfig(vocab_size=splits.vocab.size, n_hidden=200), 2147483647)
+    mc = ModelConfig(vocab_size=splits.vocab.size, n_hidden=200)
+    params = init_params(mc, TrainConfig().seed)
 
     def torch_params(grad=False):
         return {k: torch.tensor(v, requires_grad=grad) for k, v in params.items()}
@@ -133,7 +131,7 @@ def main() -> None:
                     compiled, torch_params(), Xt, Yt, args.steps, args.repeats)  # fmt: skip
         except Exception as e:  # inductor needs a working C++ toolchain
             results["(c) torch.compile of (a)"] = f"failed: {type(e).__name__}"
-    jax_us = time_jaxninja(params, X, Y, args.steps, args.repeats)
+    jax_us = time_jaxninja(splits.vocab.size, X, Y, args.steps, args.repeats)
     results["(d) jaxninja"] = jax_us
 
     device = jax.devices()[0]
@@ -147,11 +145,9 @@ def main() -> None:
         else:
             print(f"{name:38s} {us:9.1f} {us / jax_us:11.1f}x")
     if args.full:
-        from jaxninja.config import TrainConfig
         from jaxninja.train import train
 
         with tempfile.TemporaryDirectory() as out:
-            mc = ModelConfig(vocab_size=splits.vocab.size, n_hidden=200)
             r = train(
                 mc, TrainConfig(), (X, Y), splits.vocab, out, progress=False, log=lambda s: None
             )
