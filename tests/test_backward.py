@@ -151,3 +151,21 @@ def test_dC_sums_repeated_rows():
     cfg = ModelConfig(vocab_size=3, n_hidden=5, dtype="float64")
     case = make_case(cfg, X, Y, len(X), seed=0)
     assert_all_ways(case, "float64")
+
+
+def test_optax_through_the_custom_vjp(splits):
+    """optax on jax.grad(loss) applies exactly the hand-written fused gradients."""
+    import optax
+
+    case = _case(splits, n_hidden=16)
+    p = to_device(case.params)
+    opt = optax.sgd(0.1, momentum=0.9)  # linear in the gradient (adam would amplify b1's noise)
+    state = opt.init(p)
+    updates, _ = opt.update(jax.grad(loss)(p, case.Xb, case.Yb), state, p)
+    _, fused = loss_and_grads(p, case.Xb, case.Yb)
+    expected, _ = opt.update({k: fused[k] for k in PARAMS}, state, p)
+    for k in PARAMS:
+        assert np.allclose(updates[k], expected[k], rtol=1e-12, atol=1e-15), k
+    assert float(loss(optax.apply_updates(p, updates), case.Xb, case.Yb)) < float(
+        loss(p, case.Xb, case.Yb)
+    )
