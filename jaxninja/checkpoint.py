@@ -77,8 +77,12 @@ def save(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
 
 
 def latest(run_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint of the highest step in a run directory, or None."""
-    found = [(int(m.group(1)), p) for p in Path(run_dir).iterdir() if (m := NAME.fullmatch(p.name))]
+    """The checkpoint of the highest step in a run directory, or None (also if there is no such
+    directory)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := NAME.fullmatch(p.name))]
     return max(found)[1] if found else None
 
 

@@ -176,7 +176,7 @@ def _train_configs(args: argparse.Namespace, vocab_size: int):
 
     model = ModelConfig(vocab_size=vocab_size, n_hidden=200)
     train = TrainConfig()
-    if args.resume and (found := checkpoint.latest(args.out) if Path(args.out).is_dir() else None):
+    if args.resume and (found := checkpoint.latest(args.out)):
         ckpt = checkpoint.load(found)
         model, train = ckpt.model, ckpt.train
     model_flags = {k: getattr(args, k) for k in ("block_size", "n_embd", "n_hidden")}

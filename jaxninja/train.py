@@ -149,7 +149,7 @@ def train(
     out_dir = Path(out_dir)
     X_np, Y_np = data
     check_batch_size(tc.batch_size, len(X_np))
-    existing = checkpoint.latest(out_dir) if out_dir.is_dir() else None
+    existing = checkpoint.latest(out_dir)
     if resume:
         if existing is None:
             raise UsageError(f"--resume: {out_dir} holds no checkpoint to resume from")
