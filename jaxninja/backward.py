@@ -61,17 +61,24 @@ def backward_atomic(
     }  # fmt: skip
 
 
-def backward_fused(cache: Cache, dloss: jax.Array | float = 1.0) -> dict[str, jax.Array]:
+def backward_fused(
+    cache: Cache, dloss: jax.Array | float = 1.0, axis_name: str | None = None
+) -> dict[str, jax.Array]:
     """Exercises 2 + 3: the parameters' gradients and those of the layer boundaries.
 
     Not jitted itself (it runs inside the caller's jit, next to the forward that made `cache`).
+    With `axis_name` (a batch sharded under shard_map), the per-example gradients stay local and
+    the weight gradients, sums over this device's examples, are all-reduced into the global ones;
+    dbngain and dbnbias come out of BatchNorm's backward already reduced.
     """
-    dlogits = layers.cross_entropy_backward(dloss, cache.ce)  # (B, V)
+    dlogits = layers.cross_entropy_backward(dloss, cache.ce, axis_name)  # (B, V)
     dh, dW2, db2 = layers.linear_backward(dlogits, cache.lin2)  # (B, H)
     dhpreact = layers.tanh_backward(dh, cache.tanh)  # (B, H)
-    dhprebn, dbngain, dbnbias = layers.batchnorm_backward(dhpreact, cache.bn)  # (B, H)
+    dhprebn, dbngain, dbnbias = layers.batchnorm_backward(dhpreact, cache.bn, axis_name)
     dembcat, dW1, db1 = layers.linear_backward(dhprebn, cache.lin1)  # (B, T*E)
     dC = layers.embedding_backward(dembcat, cache.emb)  # (V, E)
+    if axis_name is not None:
+        dC, dW1, db1, dW2, db2 = jax.lax.psum((dC, dW1, db1, dW2, db2), axis_name)
     return {
         "logits": dlogits, "h": dh, "W2": dW2, "b2": db2, "hpreact": dhpreact,
         "bngain": dbngain, "bnbias": dbnbias, "hprebn": dhprebn, "embcat": dembcat,

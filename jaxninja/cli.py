@@ -7,6 +7,7 @@ stderr and exit code 2; argparse's own errors are folded into the same one-line 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -37,6 +38,17 @@ def _int_at_least(minimum: int):
 
 _positive_int = _int_at_least(1)
 _nonnegative_int = _int_at_least(0)
+
+
+def _env_int(name: str) -> int | None:
+    """An integer from the environment, for a flag's default; a bad value is a one-line error."""
+    text = os.environ.get(name)
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"${name} must be an integer, got {text!r}") from None
 
 
 def _add_data_flag(p: argparse.ArgumentParser) -> None:
@@ -111,6 +123,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="run directory for checkpoints and plot (out)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("scaling out (see the README's 'Scaling out')")
+    g.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="train this many models at once, seeds --seed, --seed + 1, ... (1)",
+    )
+    g.add_argument(
+        "--devices",
+        type=_positive_int,
+        help="devices to use: one model's batch is split over them, or --seeds' models "
+        "(default: 1 for one model; for --seeds, every core of a CPU or every GPU)",
+    )
+    g.add_argument(
+        "--coordinator",
+        default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+        help="HOST:PORT of process 0 in a multi-process run ($JAX_COORDINATOR_ADDRESS)",
+    )
+    g.add_argument(
+        "--num-processes",
+        type=_positive_int,
+        default=_env_int("JAX_NUM_PROCESSES"),
+        help="processes in the run ($JAX_NUM_PROCESSES)",
+    )
+    g.add_argument(
+        "--process-id",
+        type=_nonnegative_int,
+        default=_env_int("JAX_PROCESS_ID"),
+        help="this process, 0 .. num-processes - 1 ($JAX_PROCESS_ID)",
+    )
+    g.add_argument(
+        "--init-timeout",
+        type=_positive_int,
+        default=60,
+        help="seconds to wait for the coordinator and the other processes (60)",
+    )
 
     for name, what in (("sample", "sample names"), ("eval", "split losses")):
         p = sub.add_parser(name, help=f"{what} of a trained checkpoint")
@@ -169,6 +217,51 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cluster(args: argparse.Namespace):
+    """The multi-process flags (or their environment variables) as a ClusterConfig, or None."""
+    from jaxninja.parallel import ClusterConfig
+
+    given = (args.coordinator, args.num_processes, args.process_id)
+    if all(x is None for x in given):
+        return None
+    if None in given:
+        raise UsageError(
+            "a multi-process run needs --coordinator, --num-processes and --process-id "
+            "(or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID) together"
+        )
+    return ClusterConfig(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
+
+
+def _start_jax(args: argparse.Namespace) -> None:
+    """Split the CPU into devices and join the cluster, before JAX computes anything."""
+    from jaxninja import parallel
+
+    cluster = _cluster(args)
+    processes = cluster.num_processes if cluster else 1
+    if args.devices is None:
+        per_process = parallel.cpu_cores() if args.seeds > 1 else 1
+    elif args.devices % processes:
+        raise UsageError(
+            f"--devices {args.devices} does not split evenly over {processes} processes"
+        )
+    else:
+        per_process = args.devices // processes
+    parallel.start(per_process, cluster)
+
+
+def _resume_from(args: argparse.Namespace):
+    """The checkpoint whose configs a --resume continues: the run's, or its first seed's."""
+    from jaxninja import checkpoint
+
+    out = Path(args.out)
+    if args.seeds == 1:
+        return checkpoint.latest(out)
+    seed_dirs = sorted(out.glob("seed-*"), key=lambda d: d.name)
+    seeded = [d for d in seed_dirs if d.name[5:].isdigit()]
+    first = min(seeded, key=lambda d: int(d.name[5:]), default=None)
+    return checkpoint.latest(first) if first else None
+
+
 def _train_configs(args: argparse.Namespace, vocab_size: int):
     """Flags onto ModelConfig and TrainConfig; on --resume the checkpoint's values fill the gaps."""
     from jaxninja import checkpoint
@@ -176,7 +269,7 @@ def _train_configs(args: argparse.Namespace, vocab_size: int):
 
     model = ModelConfig(vocab_size=vocab_size, n_hidden=200)
     train = TrainConfig()
-    if args.resume and (found := checkpoint.latest(args.out)):
+    if args.resume and (found := _resume_from(args)):
         ckpt = checkpoint.load(found)
         model, train = ckpt.model, ckpt.train
     model_flags = {k: getattr(args, k) for k in ("block_size", "n_embd", "n_hidden")}
@@ -197,34 +290,69 @@ def _train_configs(args: argparse.Namespace, vocab_size: int):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jaxninja import data
+    _start_jax(args)
+    from jaxninja import data, parallel
     from jaxninja.model import to_device
     from jaxninja.sample import sample_names
     from jaxninja.train import train
 
+    main = parallel.is_main_process()
+    say = print if main else (lambda *_: None)
     path = data.resolve_data_path(args.data)
     words = data.read_words(path)
     vocab = data.Vocab.from_words(words)
     model_cfg, train_cfg = _train_configs(args, vocab.size)
     splits = data.splits_from_words(words, model_cfg.block_size)
-    print(f"training {train_cfg.steps} steps of {train_cfg.optimizer} on {path}: {model_cfg}")
+    many = f"{args.seeds} models of " if args.seeds > 1 else ""
+    say(f"training {many}{train_cfg.steps} steps of {train_cfg.optimizer} on {path}: {model_cfg}")
     result = train(
-        model_cfg, train_cfg, splits.data["train"], vocab, args.out,
-        resume=args.resume, progress=not args.no_progress,
+        model_cfg, train_cfg, splits.data["train"], vocab, args.out, seeds=args.seeds,
+        devices=args.devices, resume=args.resume, progress=not args.no_progress and main,
+        log=say,
     )  # fmt: skip
-    ckpt = result.checkpoint
     if result.steps_run:
         us = result.train_seconds / result.steps_run * 1e6
-        print(
-            f"trained {result.steps_run} steps in {result.train_seconds:.1f} s ({us:.1f} µs/step; "
+        per = f"{us / args.seeds:.1f} µs/model-step" if args.seeds > 1 else f"{us:.1f} µs/step"
+        say(
+            f"trained {result.steps_run} steps in {result.train_seconds:.1f} s ({per}; "
             f"compile {result.compile_seconds:.1f} s)"
         )
+    if not main:
+        return 0
+    if args.seeds > 1:
+        _print_seed_table(result.checkpoints, splits)
+        print(f"checkpoints and loss plots: {Path(args.out)}/seed-*/")
+        return 0
+    ckpt = result.checkpoint
     _print_split_losses(ckpt, splits)
     params = to_device(ckpt.params)
     names = sample_names(params, ckpt.bn, vocab, model_cfg.block_size, n=10, seed=0)
     print("samples: " + ", ".join(names))
     print(f"checkpoint: {result.path}; loss plot: {Path(args.out) / 'loss.png'}")
     return 0
+
+
+def _print_seed_table(ckpts, splits) -> None:
+    """Each seed's split losses (calibrated BatchNorm), then their mean ± sample std."""
+    import numpy as np
+
+    from jaxninja.data import SPLITS
+    from jaxninja.model import split_loss, to_device
+
+    rows = []
+    for ckpt in ckpts:
+        params = to_device(ckpt.params)
+        bn = ckpt.bn_calibrated
+        rows.append([split_loss(params, bn, *splits.data[s], eps=ckpt.model.eps) for s in SPLITS])
+    print("split loss (calibrated BatchNorm):")
+    print(f"{'seed':>12s}  " + "  ".join(f"{s:>7s}" for s in SPLITS))
+    for ckpt, row in zip(ckpts, rows, strict=True):
+        print(f"{ckpt.train.seed:12d}  " + "  ".join(f"{v:7.4f}" for v in row))
+    table = np.asarray(rows)
+    spread = table.std(0, ddof=1) if len(rows) > 1 else np.zeros(len(SPLITS))
+    stats = zip(SPLITS, table.mean(0), spread, strict=True)
+    cells = "  ".join(f"{s} {m:.4f} ± {d:.4f}" for s, m, d in stats)
+    print(f"mean ± std over {len(rows)} seeds: {cells}")
 
 
 def _print_split_losses(ckpt, splits) -> None:
@@ -277,8 +405,8 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except Interrupted as e:
         print(f"jaxninja: {e}", file=sys.stderr)

@@ -5,12 +5,28 @@ ones of the notebook (exercise 2 for cross-entropy, exercise 3 for BatchNorm); t
 backward of exercise 1 lives in backward.py, next to the chunked forward it mirrors in model.py.
 Biases are 1-D as in the notebook, so they are broadcast with an explicit `[None, :]`: the tests
 run with jax_numpy_rank_promotion="raise".
+
+Data parallel (train.py, under `shard_map`): the layers that reduce over the batch take an
+`axis_name`; with one, each device holds a slice of the batch and their sums over it are
+all-reduced (`psum`), so BatchNorm's statistics, their backward and the loss are those of the
+global batch. With None (one device) the same code is the notebook's.
 """
 
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+
+def batch_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """Sum over the batch (axis 0, kept as a 1-row axis), across devices too under `axis_name`."""
+    s = x.sum(0, keepdims=True)
+    return s if axis_name is None else jax.lax.psum(s, axis_name)
+
+
+def batch_count(x: jax.Array, axis_name: str | None) -> int:
+    """The global batch size: x's rows times the number of devices sharing the batch."""
+    return x.shape[0] * (1 if axis_name is None else jax.lax.axis_size(axis_name))
 
 
 class EmbeddingCache(NamedTuple):
@@ -54,36 +70,35 @@ class BatchNormCache(NamedTuple):
 
 
 def batchnorm_forward(
-    x: jax.Array, bngain: jax.Array, bnbias: jax.Array, eps: float
+    x: jax.Array, bngain: jax.Array, bnbias: jax.Array, eps: float, axis_name: str | None = None
 ) -> tuple[jax.Array, BatchNormCache]:
-    """Training-mode BatchNorm with the notebook's unbiased (n-1) batch variance."""
-    bnmean = x.mean(0, keepdims=True)  # (1, H)
-    bnvar = x.var(0, ddof=1, keepdims=True)  # (1, H)
+    """Training-mode BatchNorm with the notebook's unbiased (n-1) batch variance.
+
+    Two passes, as the notebook (mean, then the squared deviations from it): one all-reduce each
+    when the batch is sharded.
+    """
+    n = batch_count(x, axis_name)
+    bnmean = batch_sum(x, axis_name) / n  # (1, H)
+    bnvar = batch_sum((x - bnmean) ** 2, axis_name) / (n - 1)  # (1, H)
     bnvar_inv = (bnvar + eps) ** -0.5
     bnraw = (x - bnmean) * bnvar_inv  # (B, H)
     return bngain * bnraw + bnbias, BatchNormCache(bnraw, bnvar_inv, bngain, bnmean, bnvar)
 
 
 def batchnorm_backward(
-    dhpreact: jax.Array, cache: BatchNormCache
+    dhpreact: jax.Array, cache: BatchNormCache, axis_name: str | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(dhprebn, dbngain, dbnbias), dhprebn in one expression (exercise 3).
 
-    The n/(n-1) is Bessel's correction reaching the gradient through the variance.
+    The n/(n-1) is Bessel's correction reaching the gradient through the variance. Its two batch
+    sums are dbnbias and dbngain themselves: on a sharded batch, their all-reduces are all it needs.
     """
-    n = dhpreact.shape[0]
+    n = batch_count(dhpreact, axis_name)
     bnraw, bnvar_inv, bngain = cache.bnraw, cache.bnvar_inv, cache.bngain
-    dhprebn = (
-        bngain
-        * bnvar_inv
-        / n
-        * (
-            n * dhpreact
-            - dhpreact.sum(0, keepdims=True)
-            - n / (n - 1) * bnraw * (dhpreact * bnraw).sum(0, keepdims=True)
-        )
-    )  # (B, H)
-    return dhprebn, (bnraw * dhpreact).sum(0, keepdims=True), dhpreact.sum(0, keepdims=True)
+    dbnbias = batch_sum(dhpreact, axis_name)  # (1, H)
+    dbngain = batch_sum(dhpreact * bnraw, axis_name)  # (1, H)
+    dhprebn = bngain * bnvar_inv / n * (n * dhpreact - dbnbias - n / (n - 1) * bnraw * dbngain)
+    return dhprebn, dbngain, dbnbias  # (B, H), (1, H), (1, H)
 
 
 def batchnorm_eval(
@@ -113,16 +128,21 @@ class CrossEntropyCache(NamedTuple):
     Y: jax.Array  # (B,) int targets
 
 
-def cross_entropy_forward(logits: jax.Array, Y: jax.Array) -> tuple[jax.Array, CrossEntropyCache]:
-    """Mean negative log-likelihood of the targets."""
+def cross_entropy_forward(
+    logits: jax.Array, Y: jax.Array, axis_name: str | None = None
+) -> tuple[jax.Array, CrossEntropyCache]:
+    """Mean negative log-likelihood of the targets (over the global batch under `axis_name`)."""
     logprobs = jax.nn.log_softmax(logits, axis=1)  # (B, V)
-    loss = -jnp.take_along_axis(logprobs, Y[:, None], axis=1).mean()
+    picked = jnp.take_along_axis(logprobs, Y[:, None], axis=1)  # (B, 1)
+    loss = -batch_sum(picked, axis_name)[0, 0] / batch_count(picked, axis_name)
     return loss, CrossEntropyCache(logits, Y)
 
 
-def cross_entropy_backward(dloss: jax.Array, cache: CrossEntropyCache) -> jax.Array:
-    """dlogits = (softmax - one_hot) / n (exercise 2)."""
+def cross_entropy_backward(
+    dloss: jax.Array, cache: CrossEntropyCache, axis_name: str | None = None
+) -> jax.Array:
+    """dlogits = (softmax - one_hot) / n (exercise 2), n the global batch size."""
     logits, Y = cache.logits, cache.Y
-    n, V = logits.shape
+    n, V = batch_count(logits, axis_name), logits.shape[1]
     onehot = jax.nn.one_hot(Y, V, dtype=logits.dtype)  # (B, V)
     return (jax.nn.softmax(logits, axis=1) - onehot) * (dloss / n)

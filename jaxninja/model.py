@@ -151,14 +151,22 @@ class Cache(NamedTuple):
     ce: layers.CrossEntropyCache
 
 
-def forward(params: Params, Xb: jax.Array, Yb: jax.Array, eps: float = 1e-5):
-    """The compact forward: (loss, Cache). Not jitted itself; it is traced inside callers."""
+def forward(
+    params: Params, Xb: jax.Array, Yb: jax.Array, eps: float = 1e-5, axis_name: str | None = None
+):
+    """The compact forward: (loss, Cache). Not jitted itself; it is traced inside callers.
+
+    Under `shard_map` with `axis_name`, Xb and Yb are this device's slice of the batch, and
+    BatchNorm and the loss reduce over the global batch (layers.py).
+    """
     embcat, c_emb = layers.embedding_forward(params["C"], Xb)  # (B, T*E)
     hprebn, c_lin1 = layers.linear_forward(embcat, params["W1"], params["b1"])  # (B, H)
-    hpreact, c_bn = layers.batchnorm_forward(hprebn, params["bngain"], params["bnbias"], eps)
+    hpreact, c_bn = layers.batchnorm_forward(
+        hprebn, params["bngain"], params["bnbias"], eps, axis_name
+    )  # (B, H)
     h, c_tanh = layers.tanh_forward(hpreact)  # (B, H)
     logits, c_lin2 = layers.linear_forward(h, params["W2"], params["b2"])  # (B, V)
-    loss, c_ce = layers.cross_entropy_forward(logits, Yb)
+    loss, c_ce = layers.cross_entropy_forward(logits, Yb, axis_name)
     return loss, Cache(c_emb, c_lin1, c_bn, c_tanh, c_lin2, c_ce)
 
 

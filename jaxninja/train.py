@@ -6,6 +6,10 @@ or `adam`). Steps run in chunks under one jitted `lax.scan`, so there is no Pyth
 step; between chunks come the progress bar, the NaN check and the checkpoints. A step's batch
 and learning rate depend only on the step number, so a run resumed from a checkpoint ends
 bit-identical to one that never stopped.
+
+The same step scales out unchanged (parallel.py): vmapped over many seeds at once, their models
+split across devices, or one model's batch split across devices and processes, with the
+BatchNorm statistics and the gradients all-reduced inside the hand-written backward.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,14 +26,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
-from jaxninja import checkpoint
+from jaxninja import checkpoint, parallel
 from jaxninja.backward import backward_fused
 from jaxninja.config import ModelConfig, TrainConfig, check_batch_size
 from jaxninja.data import Vocab
 from jaxninja.errors import Interrupted, UsageError
 from jaxninja.fileio import atomic_path
 from jaxninja.model import PARAMS, BNStats, Params, calibrate_bn, forward, init_params, to_device
+from jaxninja.parallel import DATA, SEEDS
 
 
 class TrainState(NamedTuple):
@@ -49,8 +56,12 @@ def make_optimizer(tc: TrainConfig, dtype: str) -> optax.GradientTransformation:
 
 
 def step_indices(key: jax.Array, step: jax.Array, n_examples: int, batch_size: int) -> jax.Array:
-    """The batch of a step: (B,) indices into the train split, a function of the step alone."""
-    return jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, n_examples)
+    """The batch of a step: (B,) indices into the train split, a function of the step alone.
+
+    int32 whatever jax_enable_x64 says: 64-bit draws would give another stream under x64.
+    """
+    key = jax.random.fold_in(key, step)
+    return jax.random.randint(key, (batch_size,), 0, n_examples, dtype=jnp.int32)
 
 
 def batch_indices(seed: int, steps: int, n_examples: int, batch_size: int) -> np.ndarray:
@@ -78,17 +89,24 @@ def state_from_checkpoint(ckpt: checkpoint.Checkpoint) -> TrainState:
     return TrainState(params, opt_state, BNStats(*map(jnp.asarray, ckpt.bn_running)))
 
 
-@lru_cache(maxsize=8)
-def chunk_runner(mc: ModelConfig, tc: TrainConfig) -> Callable:
-    """A jitted (state, start, X, Y, n_steps) -> (state, losses (n_steps,), all_finite)."""
+def seeds_of(tc: TrainConfig, n_models: int) -> tuple[int, ...]:
+    """The seeds of a run of n_models models: tc.seed, tc.seed + 1, ..."""
+    if not (isinstance(n_models, int) and n_models >= 1):
+        raise UsageError(f"seeds must be an integer >= 1, got {n_models!r}")
+    if tc.seed + n_models > 2**32:
+        raise UsageError(f"seeds {tc.seed}..{tc.seed + n_models - 1} pass 2**32: lower --seed")
+    return tuple(range(tc.seed, tc.seed + n_models))
+
+
+def _train_step(mc: ModelConfig, tc: TrainConfig, axis_name: str | None) -> Callable:
+    """One model's step: forward, fused manual backward, optax update, running BatchNorm stats."""
     opt = make_optimizer(tc, mc.dtype)
-    key = jax.random.key(tc.seed)
     m = tc.bn_momentum
 
     def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array]):
-        Xb, Yb = batch  # (B, T), (B,)
-        loss, cache = forward(state.params, Xb, Yb, mc.eps)
-        grads = backward_fused(cache)
+        Xb, Yb = batch  # (B, T), (B,): this device's slice of the batch under a data mesh
+        loss, cache = forward(state.params, Xb, Yb, mc.eps, axis_name)
+        grads = backward_fused(cache, axis_name=axis_name)
         grads = {k: grads[k] for k in PARAMS}
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -98,12 +116,58 @@ def chunk_runner(mc: ModelConfig, tc: TrainConfig) -> Callable:
         )
         return TrainState(params, opt_state, bn), loss
 
-    def run(state, start, X, Y, n_steps):
+    return train_step
+
+
+@lru_cache(maxsize=8)
+def chunk_runner(
+    mc: ModelConfig, tc: TrainConfig, n_models: int = 1, mesh: Mesh | None = None
+) -> Callable:
+    """A jitted (state, start, X, Y, n_steps) -> (state, losses, all_finite).
+
+    One model (losses (n_steps,)): on one device, or data parallel over a `data` mesh, the batch
+    split across its devices. n_models > 1 (losses (n_steps, K)): the state's arrays carry a
+    leading model axis, model k seeded tc.seed + k; the step is vmapped over it, and the models
+    are split across the devices of a `seeds` mesh (on a CPU, one device per core keeps every
+    core busy: XLA runs one device's work on one thread).
+    """
+    seeds = seeds_of(tc, n_models)
+    many = n_models > 1
+    data_axis = DATA if mesh is not None and not many else None
+    step = _train_step(mc, tc, data_axis)
+
+    def chunk(state, start, X, Y, model_seeds, n_steps):
         # Every batch of the chunk drawn and gathered at once, before the loop: a threefry call
-        # and two gathers inside each step cost ~15% of the step on a 2-core CPU.
+        # and two gathers inside each step cost ~15% of the step on a 2-core CPU. Under a mesh
+        # each device draws and gathers only its own models' batches, or its slice of the batch.
         steps = start + jnp.arange(n_steps)
-        ix = jax.vmap(lambda s: step_indices(key, s, X.shape[0], tc.batch_size))(steps)  # (n, B)
-        state, losses = jax.lax.scan(train_step, state, (X[ix], Y[ix]))
+
+        def draw(seed):  # (n, B): a model's batches, a function of its seed and the step alone
+            key = jax.random.key(seed)
+            return jax.vmap(lambda s: step_indices(key, s, X.shape[0], tc.batch_size))(steps)
+
+        if many:
+            ix = jax.vmap(draw, out_axes=1)(model_seeds)  # (n, K, B), K this device's models
+        else:
+            ix = draw(model_seeds[0])  # (n, B)
+            if data_axis is not None:
+                local = tc.batch_size // jax.lax.axis_size(data_axis)
+                first = jax.lax.axis_index(data_axis) * local
+                ix = jax.lax.dynamic_slice_in_dim(ix, first, local, axis=1)  # (n, B / devices)
+        return jax.lax.scan(jax.vmap(step) if many else step, state, (X[ix], Y[ix]))
+
+    def run(state, start, X, Y, n_steps):
+        model_seeds = jnp.asarray(seeds, jnp.uint32)  # (K,)
+        loop = partial(chunk, n_steps=n_steps)
+        if mesh is not None:
+            state_spec = P(SEEDS) if many else P()
+            loop = jax.shard_map(
+                loop,
+                mesh=mesh,
+                in_specs=(state_spec, P(), P(), P(), P(SEEDS) if many else P()),
+                out_specs=(state_spec, P(None, SEEDS) if many else P()),
+            )
+        state, losses = loop(state, start, X, Y, model_seeds)
         finite = jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(state)]))
         return state, losses, finite
 
@@ -111,11 +175,19 @@ def chunk_runner(mc: ModelConfig, tc: TrainConfig) -> Callable:
 
 
 class TrainResult(NamedTuple):
-    checkpoint: checkpoint.Checkpoint
-    path: Path  # the final checkpoint
+    checkpoints: list[checkpoint.Checkpoint]  # the final ones, one per model
+    paths: list[Path]  # where they are (written by process 0 only)
     train_seconds: float  # time in the jitted chunks, compilation excluded
     compile_seconds: float
     steps_run: int  # steps this call ran (fewer than the total after --resume)
+
+    @property
+    def checkpoint(self) -> checkpoint.Checkpoint:
+        return self.checkpoints[0]
+
+    @property
+    def path(self) -> Path:
+        return self.paths[0]
 
 
 def _check_resume(mc: ModelConfig, tc: TrainConfig, ckpt: checkpoint.Checkpoint) -> None:
@@ -134,6 +206,42 @@ def _check_resume(mc: ModelConfig, tc: TrainConfig, ckpt: checkpoint.Checkpoint)
         raise UsageError(f"the checkpoint is at step {ckpt.step}, beyond --steps {tc.steps}")
 
 
+def run_mesh(tc: TrainConfig, n_models: int, devices: int | None) -> Mesh | None:
+    """The mesh a run of n_models models uses on `devices` devices (None: see `train`)."""
+    if devices is not None:
+        if not (isinstance(devices, int) and devices >= 1):
+            raise UsageError(f"devices must be an integer >= 1, got {devices!r}")
+        parallel.check_device_count(devices)
+    if n_models > 1:
+        if jax.process_count() > 1:
+            raise UsageError(
+                "--seeds runs in one process: start one run per machine, each with its own --seed"
+            )
+        if devices is None:  # as many as divide the models evenly
+            have = jax.device_count()
+            devices = max(d for d in range(1, min(have, n_models) + 1) if n_models % d == 0)
+        elif n_models % devices:
+            raise UsageError(
+                f"--seeds {n_models} does not split evenly over --devices {devices}: "
+                "choose a device count that divides the number of seeds"
+            )
+        return parallel.make_mesh(devices, SEEDS)
+    if jax.process_count() > 1:
+        if devices not in (None, jax.device_count()):
+            raise UsageError(
+                f"a multi-process run uses all {jax.device_count()} devices of its processes, "
+                f"not --devices {devices}: give each process the same share"
+            )
+        devices = jax.device_count()
+    devices = devices or 1
+    if tc.batch_size % devices:
+        raise UsageError(
+            f"the batch of {tc.batch_size} does not split evenly over {devices} devices: "
+            "choose a --batch-size that the device count divides"
+        )
+    return parallel.make_mesh(devices, DATA) if devices > 1 else None
+
+
 def train(
     mc: ModelConfig,
     tc: TrainConfig,
@@ -141,96 +249,159 @@ def train(
     vocab: Vocab,
     out_dir: str | os.PathLike,
     *,
+    seeds: int = 1,
+    devices: int | None = None,
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train on (X, Y), checkpointing into out_dir; returns the final, calibrated checkpoint."""
+    """Train on (X, Y), checkpointing into out_dir; returns the final, calibrated checkpoints.
+
+    `seeds` > 1 trains that many models at once (seeds tc.seed, tc.seed + 1, ...), each into its
+    own out_dir/seed-<seed>, over `devices` devices (default: as many as divide the count). With
+    one model, `devices` > 1 splits each batch over that many (default: one, or every device
+    of a multi-process run). Only process 0 writes.
+    """
     out_dir = Path(out_dir)
     X_np, Y_np = data
     check_batch_size(tc.batch_size, len(X_np))
-    existing = checkpoint.latest(out_dir)
+    model_seeds = seeds_of(tc, seeds)
+    configs = [replace(tc, seed=s) for s in model_seeds]
+    dirs = [out_dir] if seeds == 1 else [out_dir / f"seed-{s}" for s in model_seeds]
+    mesh = run_mesh(tc, seeds, devices)
+    main = parallel.is_main_process()
+    say = log if main else (lambda _: None)
+    existing = [checkpoint.latest(d) for d in dirs]
     if resume:
-        if existing is None:
-            raise UsageError(f"--resume: {out_dir} holds no checkpoint to resume from")
-        start = checkpoint.load(existing)
-        checkpoint.check_vocab(start, vocab, "the data")
-        _check_resume(mc, tc, start)
-        state, step, losses = state_from_checkpoint(start), start.step, [start.losses]
-        log(f"resuming from {existing} at step {step}")
+        if None in existing:
+            missing = dirs[existing.index(None)]
+            raise UsageError(f"--resume: {missing} holds no checkpoint to resume from")
+        starts = [checkpoint.load(path) for path in existing]
+        for cfg, ckpt in zip(configs, starts, strict=True):
+            checkpoint.check_vocab(ckpt, vocab, "the data")
+            _check_resume(mc, cfg, ckpt)
+        if len({ckpt.step for ckpt in starts}) > 1:
+            raise UsageError(
+                f"the seeds' checkpoints in {out_dir} are at different steps: resume each "
+                "seed-* directory alone, or start anew"
+            )
+        step = starts[0].step
+        states = [state_from_checkpoint(ckpt) for ckpt in starts]
+        losses = [np.stack([ckpt.losses for ckpt in starts], axis=1)]  # (steps, K)
+        say(f"resuming from {existing[0] if seeds == 1 else out_dir} at step {step}")
     else:
-        if existing is not None:
+        if any(existing):
             raise UsageError(
                 f"{out_dir} already holds checkpoints: pass --resume to continue, "
                 "or choose another --out"
             )
-        state, step, losses = init_state(mc, tc), 0, []
+        step, states, losses = 0, [init_state(mc, cfg) for cfg in configs], []
     X, Y = jnp.asarray(X_np), jnp.asarray(Y_np)
-    run = chunk_runner(mc, tc)
+    if seeds > 1:
+        state = parallel.place(jax.tree.map(lambda *xs: np.stack(xs), *states), mesh, SEEDS)
+        X_run, Y_run = parallel.place((X_np, Y_np), mesh)
+    elif mesh is not None:
+        state, (X_run, Y_run) = parallel.place(states[0], mesh), parallel.place((X_np, Y_np), mesh)
+    else:
+        state, X_run, Y_run = states[0], X, Y
+    run = chunk_runner(mc, tc, seeds, mesh)
     compiled: dict[int, Any] = {}
     train_seconds = compile_seconds = 0.0
     steps_before = step
-    last_saved: Path | None = existing
+    last_saved: Path | None = existing[0]
 
-    def snapshot(at_step: int, bn_calibrated: BNStats | None = None) -> checkpoint.Checkpoint:
-        flat = np.concatenate(losses) if losses else np.zeros((0,), np.float32)
-        return checkpoint.Checkpoint(
-            at_step,
-            mc,
-            tc,
-            vocab,
-            {k: np.asarray(v) for k, v in state.params.items()},
-            BNStats(*map(np.asarray, state.bn_running)),
-            bn_calibrated,
-            [np.asarray(x) for x in jax.tree.leaves(state.opt_state)],
-            flat,
-        )
+    def save(at_step: int, calibrated: list[BNStats] | None = None) -> list[checkpoint.Checkpoint]:
+        """Every model's checkpoint at at_step, written by process 0."""
+        host = parallel.fetch(state)
+        log_all = np.concatenate(losses) if losses else np.zeros((0, seeds), np.float32)
+        ckpts = []
+        for k, cfg in enumerate(configs):
+            mine = jax.tree.map(lambda x, k=k: x[k], host) if seeds > 1 else host
+            ckpts.append(
+                checkpoint.Checkpoint(
+                    at_step,
+                    mc,
+                    cfg,
+                    vocab,
+                    dict(mine.params),
+                    BNStats(*mine.bn_running),
+                    calibrated[k] if calibrated else None,
+                    list(jax.tree.leaves(mine.opt_state)),
+                    log_all[:, k],
+                )
+            )
+            if main:
+                checkpoint.save(dirs[k] / checkpoint.filename(at_step), ckpts[-1])
+        return ckpts
 
-    bar = _progress(tc.steps, step, progress)
+    bar = _progress(tc.steps, step, progress and main)
     try:
         while step < tc.steps:
             next_stop = (step // tc.checkpoint_every + 1) * tc.checkpoint_every
             n = min(tc.chunk_steps, tc.steps - step, next_stop - step)
             if n not in compiled:
                 t0 = time.perf_counter()
-                compiled[n] = run.lower(state, step, X, Y, n_steps=n).compile()
+                compiled[n] = run.lower(state, step, X_run, Y_run, n_steps=n).compile()
                 compile_seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
-            new_state, chunk_losses, finite = compiled[n](state, step, X, Y)
-            chunk_losses = np.asarray(chunk_losses)
+            new_state, chunk_losses, finite = compiled[n](state, step, X_run, Y_run)
+            chunk_losses = parallel.fetch(chunk_losses).reshape(n, seeds)
             train_seconds += time.perf_counter() - t0
-            if not (np.isfinite(chunk_losses).all() and bool(finite)):
-                bad = np.flatnonzero(~np.isfinite(chunk_losses))
-                what = (
-                    f"the loss became {chunk_losses[bad[0]]} at step {step + int(bad[0])}"
-                    if bad.size
-                    else f"the parameters became non-finite by step {step + n - 1}"
-                )
-                kept = f"kept {last_saved}" if last_saved else "no checkpoint was written"
-                raise UsageError(f"training diverged: {what}; lower --lr. {kept}")
+            if not (np.isfinite(chunk_losses).all() and bool(parallel.fetch(finite))):
+                raise UsageError(_diverged(chunk_losses, step, model_seeds, last_saved))
             state, step = new_state, step + n
             losses.append(chunk_losses)
             bar.update(n)
             bar.set_postfix(loss=f"{chunk_losses.mean():.4f}")
             if step % tc.checkpoint_every == 0 and step < tc.steps:
-                last_saved = checkpoint.save(out_dir / checkpoint.filename(step), snapshot(step))
+                save(step)
+                last_saved = dirs[0] / checkpoint.filename(step)
+                where = last_saved if seeds == 1 else f"{seeds} checkpoints in {out_dir}/seed-*"
                 message = (
-                    f"{step:7d}/{tc.steps:7d}: loss {chunk_losses[-1]:.4f}, saved {last_saved}"
+                    f"{step:7d}/{tc.steps:7d}: loss {chunk_losses[-1].mean():.4f}, saved {where}"
                 )
-                (bar.write if progress else log)(message)
+                if main:
+                    (bar.write if progress else log)(message)
     except KeyboardInterrupt:
         bar.close()
-        path = checkpoint.save(out_dir / checkpoint.filename(step), snapshot(step))
-        plot_losses(np.concatenate(losses) if losses else np.zeros(0), out_dir / "loss.png")
+        save(step)
+        _plot_all(losses, dirs, main)
         raise Interrupted(
-            f"interrupted at step {step}: saved {path}; continue with "
+            f"interrupted at step {step}: saved {dirs[0] / checkpoint.filename(step)}"
+            f"{' and the other seeds' if seeds > 1 else ''}; continue with "
             f"`jaxninja train --out {out_dir} --resume`"
         ) from None
     bar.close()
-    final = snapshot(step, BNStats(*map(np.asarray, calibrate_bn(state.params, X))))
-    path = checkpoint.save(out_dir / checkpoint.filename(step), final)
-    plot_losses(final.losses, out_dir / "loss.png")
-    return TrainResult(final, path, train_seconds, compile_seconds, step - steps_before)
+    host_params = parallel.fetch(state.params)
+    calibrated = []
+    for k in range(seeds):
+        params = {name: jnp.asarray(x[k] if seeds > 1 else x) for name, x in host_params.items()}
+        calibrated.append(BNStats(*map(np.asarray, calibrate_bn(params, X))))
+    final = save(step, calibrated)
+    _plot_all(losses, dirs, main)
+    paths = [d / checkpoint.filename(step) for d in dirs]
+    return TrainResult(final, paths, train_seconds, compile_seconds, step - steps_before)
+
+
+def _diverged(losses: np.ndarray, step: int, seeds: tuple[int, ...], kept: Path | None) -> str:
+    """The one-line message for a chunk whose losses (n, K) or parameters went non-finite."""
+    bad = np.argwhere(~np.isfinite(losses))
+    if bad.size:
+        at, k = bad[0]
+        who = f" (seed {seeds[k]})" if len(seeds) > 1 else ""
+        what = f"the loss became {losses[at, k]} at step {step + int(at)}{who}"
+    else:
+        what = f"the parameters became non-finite by step {step + len(losses) - 1}"
+    saved = f"kept {kept}" if kept else "no checkpoint was written"
+    return f"training diverged: {what}; lower --lr. {saved}"
+
+
+def _plot_all(losses: list[np.ndarray], dirs: list[Path], main: bool) -> None:
+    if not main:
+        return
+    log_all = np.concatenate(losses) if losses else np.zeros((0, len(dirs)))
+    for k, d in enumerate(dirs):
+        plot_losses(log_all[:, k], d / "loss.png")
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -1,4 +1,5 @@
-"""Strict JAX for every test: float64 available, rank promotion an error, full-precision matmuls."""
+"""Strict JAX for every test: float64 available, rank promotion an error, full-precision matmuls,
+and the CPU split into 4 devices for the data-parallel tests (one device unless a test asks)."""
 
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
+jax.config.update("jax_num_cpu_devices", 4)
 
 ROOT = Path(__file__).resolve().parent.parent
 
