@@ -91,6 +91,12 @@ def resolve(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         found = latest(path)
+        seeds = sorted(d.name for d in path.glob("seed-*") if latest(d))
+        if found is None and seeds:
+            raise UsageError(
+                f"{path} is a run of {len(seeds)} seeds: give one of its directories, "
+                f"such as {path / seeds[0]}"
+            )
         if found is None:
             raise UsageError(
                 f"{path} holds no checkpoint (ckpt-*.safetensors): train into it first"

@@ -290,7 +290,7 @@ def train(
         losses = [np.stack([ckpt.losses for ckpt in starts], axis=1)]  # (steps, K)
         say(f"resuming from {existing[0] if seeds == 1 else out_dir} at step {step}")
     else:
-        if any(existing):
+        if checkpoint.latest(out_dir) or any(out_dir.glob("seed-*/ckpt-*.safetensors")):
             raise UsageError(
                 f"{out_dir} already holds checkpoints: pass --resume to continue, "
                 "or choose another --out"

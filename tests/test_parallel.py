@@ -218,3 +218,32 @@ def test_two_processes_compute_what_one_does(splits, tmp_path):
     assert np.abs(two.losses - one.losses).max() <= 1e-5
     for k in PARAMS:
         assert np.abs(two.params[k] - one.params[k]).max() <= 1e-5, k
+
+
+def test_seeds_cli_end_to_end(names_path, tmp_path, capsys):
+    out = tmp_path / "many"
+    args = ["train", "--data", str(names_path), "--out", str(out), "--n-hidden", "32",
+            "--seeds", "3", "--seed", "5", "--no-progress"]  # fmt: skip
+    assert main([*args, "--steps", "300"]) == 0
+    text = capsys.readouterr().out
+    assert "µs/model-step" in text and "mean ± std over 3 seeds: train" in text
+    assert [line.split()[0] for line in text.splitlines() if line.strip()[:1] in "567"] == [
+        "5",
+        "6",
+        "7",
+    ]  # one row per seed
+    assert main([*args, "--steps", "400", "--resume"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert checkpoint_step(out / "seed-7") == 400
+    assert main(["eval", "--data", str(names_path), "--checkpoint", str(out / "seed-6")]) == 0
+    assert main(["sample", "--checkpoint", str(out), "-n", "2"]) == 2  # the run, not a seed
+    err = capsys.readouterr().err
+    assert f"is a run of 3 seeds: give one of its directories, such as {out / 'seed-5'}" in err
+    assert main([*args, "--steps", "500"]) == 2  # no --resume: the seeds are kept
+    assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def checkpoint_step(run_dir) -> int:
+    from jaxninja import checkpoint
+
+    return checkpoint.load(run_dir).step

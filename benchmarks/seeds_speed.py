@@ -1,0 +1,89 @@
+"""Many seeds at once: `train(seeds=K)` against training the seeds one after another.
+
+    python benchmarks/seeds_speed.py [--seeds 32] [--steps 5000] [--sequential 4] [--json F]
+
+At the notebook's sizes (n_hidden 200, batch 32), in one process, through `jaxninja.train`
+(compilation excluded, as its train_seconds reports), in µs per model-step:
+  (a) one seed at a time, the plain single-model loop: the median over --sequential seeds
+      (each would compile its own program, so not all 32 are run; their steps cost the same),
+  (b) the K seeds vmapped in one program on one device,
+  (c) the K seeds vmapped and split over one device per core (jaxninja's default for --seeds),
+and how busy the cores were during (c): process CPU seconds over wall seconds, compile included.
+The issue's targets, on the 2-core CPU: (c) <= 45 µs per model-step and (a)/(c) >= 2.
+On a GPU, (c) is the one device and --seeds 1024 is the interesting size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import tempfile
+import time
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=32, help="models trained at once (32)")
+    ap.add_argument("--steps", type=int, default=5000, help="steps of every run (5000)")
+    ap.add_argument("--sequential", type=int, default=4, help="seeds timed alone for (a) (4)")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args()
+
+    from jaxninja import parallel
+
+    parallel.start(cpu_devices=parallel.cpu_cores())  # before JAX starts: one device per core
+    import jax
+
+    from jaxninja.config import ModelConfig, TrainConfig
+    from jaxninja.data import load_splits, resolve_data_path
+    from jaxninja.train import train
+
+    splits = load_splits(resolve_data_path(args.data), 3)
+    data, vocab = splits.data["train"], splits.vocab
+    mc = ModelConfig(vocab_size=vocab.size, n_hidden=200)
+    tc = TrainConfig(steps=args.steps, checkpoint_every=10**9)
+
+    def per_model_step(seed: int, seeds: int, devices: int | None) -> tuple[float, float]:
+        with tempfile.TemporaryDirectory() as out:
+            cpu0, wall0 = cpu_seconds(), time.perf_counter()
+            r = train(
+                mc, TrainConfig(**{**tc.__dict__, "seed": seed}), data, vocab, out,
+                seeds=seeds, devices=devices, progress=False, log=lambda _: None,
+            )  # fmt: skip
+            busy = (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
+        return r.train_seconds / (r.steps_run * seeds) * 1e6, busy
+
+    alone = [per_model_step(tc.seed + k, 1, None)[0] for k in range(args.sequential)]
+    a = statistics.median(alone)
+    b, _ = per_model_step(tc.seed, args.seeds, 1)
+    c, busy = per_model_step(tc.seed, args.seeds, None)
+    devices = jax.devices()
+    results = {
+        "(a) one seed at a time": a,
+        f"(b) {args.seeds} seeds vmapped, 1 device": b,
+        f"(c) {args.seeds} seeds vmapped, {len(devices)} devices": c,
+    }
+    print(
+        f"jax {jax.__version__} on {len(devices)} {devices[0].platform} device(s) "
+        f"({devices[0].device_kind}), {parallel.cpu_cores()} cores; {args.steps} steps a run"
+    )
+    print(f"{'run':36s} {'µs/model-step':>14s} {'throughput vs (a)':>18s}")
+    for name, us in results.items():
+        print(f"{name:36s} {us:14.1f} {a / us:17.2f}x")
+    print(f"cores busy during (c): {busy:.2f} (CPU seconds per wall second)")
+    print(f"targets: (c) <= 45 µs/model-step: {c:.1f}; (a)/(c) >= 2: {a / c:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**results, "cores busy (c)": busy}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
