@@ -273,6 +273,12 @@ def train(
     say = log if main else (lambda _: None)
     existing = [checkpoint.latest(d) for d in dirs]
     if resume:
+        found = sorted(d for d in out_dir.glob("seed-*") if checkpoint.latest(d))
+        if found and sorted(dirs) != found:
+            raise UsageError(
+                f"--resume: {out_dir} holds a run of {len(found)} seeds ({found[0].name} ...): "
+                f"pass --seeds {len(found)} and the --seed it was started with"
+            )
         if None in existing:
             missing = dirs[existing.index(None)]
             raise UsageError(f"--resume: {missing} holds no checkpoint to resume from")
@@ -369,7 +375,7 @@ def train(
         raise Interrupted(
             f"interrupted at step {step}: saved {dirs[0] / checkpoint.filename(step)}"
             f"{' and the other seeds' if seeds > 1 else ''}; continue with "
-            f"`jaxninja train --out {out_dir} --resume`"
+            f"`jaxninja train --out {out_dir}{f' --seeds {seeds}' if seeds > 1 else ''} --resume`"
         ) from None
     bar.close()
     host_params = parallel.fetch(state.params)
