@@ -256,8 +256,7 @@ def _resume_from(args: argparse.Namespace):
     out = Path(args.out)
     if args.seeds == 1:
         return checkpoint.latest(out)
-    seed_dirs = sorted(out.glob("seed-*"), key=lambda d: d.name)
-    seeded = [d for d in seed_dirs if d.name[5:].isdigit()]
+    seeded = [d for d in out.glob("seed-*") if d.name[5:].isdigit()]
     first = min(seeded, key=lambda d: int(d.name[5:]), default=None)
     return checkpoint.latest(first) if first else None
 
