@@ -86,16 +86,27 @@ def latest(run_dir: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
+def seed_dir(out_dir: str | os.PathLike, seed: int) -> Path:
+    """Where a run of many seeds (train --seeds) keeps one seed's checkpoints."""
+    return Path(out_dir) / f"seed-{seed}"
+
+
+def seed_runs(out_dir: str | os.PathLike) -> dict[int, Path]:
+    """The seeds of a run of many seeds that hold checkpoints, by seed, in order."""
+    found = {int(d.name[5:]): d for d in Path(out_dir).glob("seed-*") if d.name[5:].isdigit()}
+    return {seed: found[seed] for seed in sorted(found) if latest(found[seed])}
+
+
 def resolve(path: str | os.PathLike) -> Path:
     """A checkpoint file, or the latest checkpoint of a run directory."""
     path = Path(path)
     if path.is_dir():
         found = latest(path)
-        seeds = sorted(d.name for d in path.glob("seed-*") if latest(d))
+        seeds = list(seed_runs(path).values())
         if found is None and seeds:
             raise UsageError(
                 f"{path} is a run of {len(seeds)} seeds: give one of its directories, "
-                f"such as {path / seeds[0]}"
+                f"such as {seeds[0]}"
             )
         if found is None:
             raise UsageError(

@@ -253,11 +253,9 @@ def _resume_from(args: argparse.Namespace):
     """The checkpoint whose configs a --resume continues: the run's, or its first seed's."""
     from jaxninja import checkpoint
 
-    out = Path(args.out)
     if args.seeds == 1:
-        return checkpoint.latest(out)
-    seeded = [d for d in out.glob("seed-*") if d.name[5:].isdigit()]
-    first = min(seeded, key=lambda d: int(d.name[5:]), default=None)
+        return checkpoint.latest(args.out)
+    first = next(iter(checkpoint.seed_runs(args.out).values()), None)
     return checkpoint.latest(first) if first else None
 
 

@@ -267,17 +267,17 @@ def train(
     check_batch_size(tc.batch_size, len(X_np))
     model_seeds = seeds_of(tc, seeds)
     configs = [replace(tc, seed=s) for s in model_seeds]
-    dirs = [out_dir] if seeds == 1 else [out_dir / f"seed-{s}" for s in model_seeds]
+    dirs = [out_dir] if seeds == 1 else [checkpoint.seed_dir(out_dir, s) for s in model_seeds]
     mesh = run_mesh(tc, seeds, devices)
     main = parallel.is_main_process()
     say = log if main else (lambda _: None)
     existing = [checkpoint.latest(d) for d in dirs]
     if resume:
-        found = sorted(d for d in out_dir.glob("seed-*") if checkpoint.latest(d))
-        if found and sorted(dirs) != found:
+        found = list(checkpoint.seed_runs(out_dir))
+        if found and found != list(model_seeds if seeds > 1 else ()):
             raise UsageError(
-                f"--resume: {out_dir} holds a run of {len(found)} seeds ({found[0].name} ...): "
-                f"pass --seeds {len(found)} and the --seed it was started with"
+                f"--resume: {out_dir} holds a run of {len(found)} seeds from {found[0]}: "
+                f"pass --seeds {len(found)} --seed {found[0]}"
             )
         if None in existing:
             missing = dirs[existing.index(None)]
@@ -296,7 +296,7 @@ def train(
         losses = [np.stack([ckpt.losses for ckpt in starts], axis=1)]  # (steps, K)
         say(f"resuming from {existing[0] if seeds == 1 else out_dir} at step {step}")
     else:
-        if checkpoint.latest(out_dir) or any(out_dir.glob("seed-*/ckpt-*.safetensors")):
+        if checkpoint.latest(out_dir) or checkpoint.seed_runs(out_dir):
             raise UsageError(
                 f"{out_dir} already holds checkpoints: pass --resume to continue, "
                 "or choose another --out"

@@ -241,6 +241,8 @@ def test_seeds_cli_end_to_end(names_path, tmp_path, capsys):
     assert f"is a run of 3 seeds: give one of its directories, such as {out / 'seed-5'}" in err
     assert main([*args, "--steps", "500"]) == 2  # no --resume: the seeds are kept
     assert "already holds checkpoints" in capsys.readouterr().err
+    assert main([*args, "--steps", "500", "--resume", "--seeds", "2"]) == 2  # not all of them
+    assert "holds a run of 3 seeds from 5: pass --seeds 3 --seed 5" in capsys.readouterr().err
 
 
 def checkpoint_step(run_dir) -> int:
