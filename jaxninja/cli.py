@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--devices",
         type=_positive_int,
         help="devices to use: one model's batch is split over them, or --seeds' models "
-        "(default: 1 for one model; for --seeds, every core of a CPU or every GPU)",
+        "(default: 1 for one model; for --seeds, as many as divide the seeds, of one device "
+        "per CPU core or the GPUs)",
     )
     g.add_argument(
         "--coordinator",
