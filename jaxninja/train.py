@@ -128,8 +128,8 @@ def chunk_runner(
     One model (losses (n_steps,)): on one device, or data parallel over a `data` mesh, the batch
     split across its devices. n_models > 1 (losses (n_steps, K)): the state's arrays carry a
     leading model axis, model k seeded tc.seed + k; the step is vmapped over it, and the models
-    are split across the devices of a `seeds` mesh (on a CPU, one device per core keeps every
-    core busy: XLA runs one device's work on one thread).
+    are split across the devices of a `seeds` mesh (on a CPU, one device per core: a single CPU
+    device keeps about one core busy).
     """
     seeds = seeds_of(tc, n_models)
     many = n_models > 1
