@@ -79,9 +79,10 @@ def batchnorm_forward(
     """
     n = batch_count(x, axis_name)
     bnmean = batch_sum(x, axis_name) / n  # (1, H)
-    bnvar = batch_sum((x - bnmean) ** 2, axis_name) / (n - 1)  # (1, H)
+    bndiff = x - bnmean  # (B, H)
+    bnvar = batch_sum(bndiff**2, axis_name) / (n - 1)  # (1, H)
     bnvar_inv = (bnvar + eps) ** -0.5
-    bnraw = (x - bnmean) * bnvar_inv  # (B, H)
+    bnraw = bndiff * bnvar_inv  # (B, H)
     return bngain * bnraw + bnbias, BatchNormCache(bnraw, bnvar_inv, bngain, bnmean, bnvar)
 
 
