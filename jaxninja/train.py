@@ -303,13 +303,12 @@ def train(
             )
         step, states, losses = 0, [init_state(mc, cfg) for cfg in configs], []
     X, Y = jnp.asarray(X_np), jnp.asarray(Y_np)
-    if seeds > 1:
-        state = parallel.place(jax.tree.map(lambda *xs: np.stack(xs), *states), mesh, SEEDS)
-        X_run, Y_run = parallel.place((X_np, Y_np), mesh)
-    elif mesh is not None:
-        state, (X_run, Y_run) = parallel.place(states[0], mesh), parallel.place((X_np, Y_np), mesh)
-    else:
+    if mesh is None:
         state, X_run, Y_run = states[0], X, Y
+    else:  # the models stacked and split over the seeds axis, or one model replicated
+        stacked = jax.tree.map(lambda *xs: np.stack(xs), *states) if seeds > 1 else states[0]
+        state = parallel.place(stacked, mesh, SEEDS if seeds > 1 else None)
+        X_run, Y_run = parallel.place((X_np, Y_np), mesh)
     run = chunk_runner(mc, tc, seeds, mesh)
     compiled: dict[int, Any] = {}
     train_seconds = compile_seconds = 0.0
