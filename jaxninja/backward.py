@@ -1,14 +1,17 @@
 """The hand-written backward passes, at the notebook's three grains. No jax.grad here.
 
 `backward_atomic` is exercise 1: op by op through `forward_chunked`, in reverse order, one line
-per d<name>. `backward_fused` chains the layer backwards of layers.py: cross-entropy in one
-expression (exercise 2), BatchNorm in one expression (exercise 3); it is what training uses.
+per d<name>, written out as the notebook writes it and calling nothing from layers.py.
+`backward_fused` chains the layer backwards of layers.py: cross-entropy in one expression
+(exercise 2), BatchNorm in one expression (exercise 3); it is what training uses. The two share
+no code, so comparing them compares two derivations of every row they both make.
 `loss` wraps the fused backward as a `jax.custom_vjp`, so jax.grad, vmap and optax run through
 the hand-written gradient as if it were autodiff.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import jax
@@ -23,7 +26,7 @@ def backward_atomic(
     params: Params, v: dict[str, jax.Array], Xb: jax.Array, Yb: jax.Array, eps: float = 1e-5
 ) -> dict[str, jax.Array]:
     """Exercise 1: the gradient of the loss w.r.t. every intermediate `v` and every parameter."""
-    W1, W2, bngain = params["W1"], params["W2"], params["bngain"]
+    C, W1, W2, bngain = params["C"], params["W1"], params["W2"], params["bngain"]
     n, V = v["logits"].shape
     dlogprobs = jnp.zeros_like(v["logprobs"]).at[jnp.arange(n), Yb].set(-1.0 / n)  # (B, V)
     dprobs = (1.0 / v["probs"]) * dlogprobs  # (B, V)
@@ -35,8 +38,10 @@ def backward_atomic(
     dlogit_maxes = -dnorm_logits.sum(1, keepdims=True)  # (B, 1) zero in exact arithmetic
     argmax = jax.nn.one_hot(v["logits"].argmax(1), V, dtype=dlogit_maxes.dtype)  # (B, V)
     dlogits = dnorm_logits + argmax * dlogit_maxes  # (B, V) the max routes to its first argmax
-    dh, dW2, db2 = layers.linear_backward(dlogits, layers.LinearCache(v["h"], W2))
-    dhpreact = layers.tanh_backward(dh, v["h"])  # (B, H)
+    dh = dlogits @ W2.T  # (B, H)
+    dW2 = v["h"].T @ dlogits  # (H, V)
+    db2 = dlogits.sum(0)  # (V,)
+    dhpreact = (1.0 - v["h"] ** 2) * dh  # (B, H) tanh' = 1 - tanh**2
     dbngain = (v["bnraw"] * dhpreact).sum(0, keepdims=True)  # (1, H)
     dbnbias = dhpreact.sum(0, keepdims=True)  # (1, H)
     dbnraw = bngain * dhpreact  # (B, H)
@@ -47,9 +52,11 @@ def backward_atomic(
     dbndiff = dbndiff + 2 * v["bndiff"] * dbndiff2  # (B, H) second use, through bndiff2
     dbnmeani = -dbndiff.sum(0, keepdims=True)  # (1, H)
     dhprebn = dbndiff + 1.0 / n * jnp.ones_like(v["hprebn"]) * dbnmeani  # (B, H) both uses
-    dembcat, dW1, db1 = layers.linear_backward(dhprebn, layers.LinearCache(v["embcat"], W1))
+    dembcat = dhprebn @ W1.T  # (B, T*E)
+    dW1 = v["embcat"].T @ dhprebn  # (T*E, H)
+    db1 = dhprebn.sum(0)  # (H,) zero in exact arithmetic: BatchNorm removes the mean
     demb = dembcat.reshape(v["emb"].shape)  # (B, T, E)
-    dC = layers.embedding_backward(dembcat, layers.EmbeddingCache(Xb, params["C"].shape[0]))
+    dC = jnp.zeros_like(C).at[Xb].add(demb)  # (V, E) scatter-add: a repeated character adds up
     return {
         "logprobs": dlogprobs, "probs": dprobs, "counts_sum_inv": dcounts_sum_inv,
         "counts_sum": dcounts_sum, "counts": dcounts, "norm_logits": dnorm_logits,
@@ -61,20 +68,51 @@ def backward_atomic(
     }  # fmt: skip
 
 
+# the rows the fused backward makes: the parameters and the layer boundaries
+FUSED_ROWS = (
+    "logits", "h", "W2", "b2", "hpreact", "bngain", "bnbias", "hprebn", "embcat", "W1", "b1", "C",
+)  # fmt: skip
+
+
+def dlogits_fused(logits: jax.Array, Yb: jax.Array) -> jax.Array:
+    """Exercise 2 in its own seat: (logits (B, V), Yb (B,)) -> dlogits (B, V)."""
+    return layers.cross_entropy_backward(1.0, layers.CrossEntropyCache(logits, Yb))
+
+
+def dhprebn_fused(
+    dhpreact: jax.Array, bngain: jax.Array, bnvar_inv: jax.Array, bnraw: jax.Array
+) -> jax.Array:
+    """Exercise 3 in its own seat: the notebook's four inputs -> dhprebn (B, H)."""
+    bn = layers.BatchNormCache(bnraw, bnvar_inv, bngain, bnmean=None, bnvar=None)  # stats unused
+    return layers.batchnorm_backward(dhpreact, bn)[0]
+
+
 def backward_fused(
-    cache: Cache, dloss: jax.Array | float = 1.0, axis_name: str | None = None
+    cache: Cache,
+    dloss: jax.Array | float = 1.0,
+    axis_name: str | None = None,
+    dlogits_fn: Callable | None = None,
+    dhprebn_fn: Callable | None = None,
 ) -> dict[str, jax.Array]:
     """Exercises 2 + 3: the parameters' gradients and those of the layer boundaries.
 
     Not jitted itself (it runs inside the caller's jit, next to the forward that made `cache`).
     With `axis_name` (a batch sharded under shard_map), the per-example gradients stay local and
     the weight gradients, sums over this device's examples, are all-reduced into the global ones;
-    dbngain and dbnbias come out of BatchNorm's backward already reduced.
+    dbngain and dbnbias come out of BatchNorm's backward already reduced. `dlogits_fn` and
+    `dhprebn_fn` (the signatures of `dlogits_fused` and `dhprebn_fused`; one device only) take
+    the seats of exercises 2 and 3: the grader puts a learner's functions there.
     """
-    dlogits = layers.cross_entropy_backward(dloss, cache.ce, axis_name)  # (B, V)
+    if dlogits_fn is None:
+        dlogits = layers.cross_entropy_backward(dloss, cache.ce, axis_name)  # (B, V)
+    else:
+        dlogits = dlogits_fn(cache.ce.logits, cache.ce.Y) * dloss
     dh, dW2, db2 = layers.linear_backward(dlogits, cache.lin2)  # (B, H)
     dhpreact = layers.tanh_backward(dh, cache.tanh)  # (B, H)
     dhprebn, dbngain, dbnbias = layers.batchnorm_backward(dhpreact, cache.bn, axis_name)
+    if dhprebn_fn is not None:
+        bn = cache.bn
+        dhprebn = dhprebn_fn(dhpreact, bn.bngain, bn.bnvar_inv, bn.bnraw)
     dembcat, dW1, db1 = layers.linear_backward(dhprebn, cache.lin1)  # (B, T*E)
     dC = layers.embedding_backward(dembcat, cache.emb)  # (V, E)
     if axis_name is not None:
