@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the parameters and batch (0)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument(
+        "--wide",
+        "--all-ways",
+        action="store_true",
+        help="a column for every way (five), with error/bound, instead of the three ways",
+    )
 
     # train: every default None here means "TrainConfig's default, or the checkpoint's on --resume"
     p = sub.add_parser("train", help="train on the manual gradients (exercise 4), then evaluate")
@@ -214,7 +220,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = verify.run_check(
         cfg, *splits.data["train"], batch_size=args.batch_size, seed=args.seed
     )
-    print(report.to_json() if args.json else verify.format_table(report))
+    print(report.to_json() if args.json else verify.format_table(report, wide=args.wide))
     return 0 if report.ok else 1
 
 
