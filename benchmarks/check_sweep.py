@@ -35,7 +35,7 @@ def case_figures(cfg: ModelConfig, X, Y, batch_size: int, seed: int) -> dict:
     with verify.check_context("float32"):
         sources, _, shapes = verify.gradient_sources(case, cfg.eps, verify.torch_available())
     rows = verify.compare(sources, shapes, "float32")
-    report = verify.Report("float32", batch_size, seed, rows, {}, True, [], None)
+    report = verify.Report("float32", batch_size, seed, verify.WAYS, rows, {}, True, [], None)
     truth = sources["truth"]
     fig = {"failed": not report.ok, "noise_rows": len(report.cannot_tell())}
     fig["hardest"] = max((r["noise"], r["name"]) for r in rows)

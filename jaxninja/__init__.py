@@ -17,6 +17,7 @@ from jaxninja.data import (
     split_words,
 )
 from jaxninja.errors import UsageError
+from jaxninja.grader import Grade, grade, load_function
 from jaxninja.model import (
     GRAD_ORDER,
     INTERMEDIATES,
@@ -36,6 +37,7 @@ __all__ = [
     "INTERMEDIATES",
     "PARAMS",
     "Case",
+    "Grade",
     "ModelConfig",
     "Report",
     "UsageError",
@@ -47,8 +49,10 @@ __all__ = [
     "forward",
     "forward_chunked",
     "forward_loss",
+    "grade",
     "grads_autodiff",
     "init_params",
+    "load_function",
     "load_splits",
     "loss",
     "loss_and_grads",

@@ -25,37 +25,48 @@ from jaxninja.model import PARAMS, Cache, Params, forward
 def backward_atomic(
     params: Params, v: dict[str, jax.Array], Xb: jax.Array, Yb: jax.Array, eps: float = 1e-5
 ) -> dict[str, jax.Array]:
-    """Exercise 1: the gradient of the loss w.r.t. every intermediate `v` and every parameter."""
+    """Exercise 1: the gradient of the loss w.r.t. every intermediate `v` and every parameter.
+
+    The notebook's names are unpacked first, as in the exercise file (jaxninja/exercises), so
+    each line below reads as the notebook's and can fill the file's blank of the same name.
+    """
     C, W1, W2, bngain = params["C"], params["W1"], params["W2"], params["bngain"]
-    n, V = v["logits"].shape
-    dlogprobs = jnp.zeros_like(v["logprobs"]).at[jnp.arange(n), Yb].set(-1.0 / n)  # (B, V)
-    dprobs = (1.0 / v["probs"]) * dlogprobs  # (B, V)
-    dcounts_sum_inv = (v["counts"] * dprobs).sum(1, keepdims=True)  # (B, 1)
-    dcounts = v["counts_sum_inv"] * dprobs  # (B, V) first use of counts
-    dcounts_sum = -(v["counts_sum"] ** -2) * dcounts_sum_inv  # (B, 1)
+    emb, embcat, hprebn, bndiff, bndiff2, bnvar, bnvar_inv, bnraw, h, logits = (
+        v[k] for k in ("emb", "embcat", "hprebn", "bndiff", "bndiff2", "bnvar", "bnvar_inv",
+                       "bnraw", "h", "logits")
+    )  # fmt: skip
+    counts, counts_sum, counts_sum_inv, probs, logprobs = (
+        v[k] for k in ("counts", "counts_sum", "counts_sum_inv", "probs", "logprobs")
+    )
+    n, V = logits.shape
+    dlogprobs = jnp.zeros_like(logprobs).at[jnp.arange(n), Yb].set(-1.0 / n)  # (B, V)
+    dprobs = (1.0 / probs) * dlogprobs  # (B, V)
+    dcounts_sum_inv = (counts * dprobs).sum(1, keepdims=True)  # (B, 1)
+    dcounts = counts_sum_inv * dprobs  # (B, V) first use of counts
+    dcounts_sum = -(counts_sum**-2) * dcounts_sum_inv  # (B, 1)
     dcounts = dcounts + dcounts_sum  # (B, V) second use: counts_sum broadcasts back to every count
-    dnorm_logits = v["counts"] * dcounts  # (B, V) exp' = exp
+    dnorm_logits = counts * dcounts  # (B, V) exp' = exp
     dlogit_maxes = -dnorm_logits.sum(1, keepdims=True)  # (B, 1) zero in exact arithmetic
-    argmax = jax.nn.one_hot(v["logits"].argmax(1), V, dtype=dlogit_maxes.dtype)  # (B, V)
+    argmax = jax.nn.one_hot(logits.argmax(1), V, dtype=dlogit_maxes.dtype)  # (B, V)
     dlogits = dnorm_logits + argmax * dlogit_maxes  # (B, V) the max routes to its first argmax
     dh = dlogits @ W2.T  # (B, H)
-    dW2 = v["h"].T @ dlogits  # (H, V)
+    dW2 = h.T @ dlogits  # (H, V)
     db2 = dlogits.sum(0)  # (V,)
-    dhpreact = (1.0 - v["h"] ** 2) * dh  # (B, H) tanh' = 1 - tanh**2
-    dbngain = (v["bnraw"] * dhpreact).sum(0, keepdims=True)  # (1, H)
+    dhpreact = (1.0 - h**2) * dh  # (B, H) tanh' = 1 - tanh**2
+    dbngain = (bnraw * dhpreact).sum(0, keepdims=True)  # (1, H)
     dbnbias = dhpreact.sum(0, keepdims=True)  # (1, H)
     dbnraw = bngain * dhpreact  # (B, H)
-    dbnvar_inv = (v["bndiff"] * dbnraw).sum(0, keepdims=True)  # (1, H)
-    dbndiff = v["bnvar_inv"] * dbnraw  # (B, H) first use of bndiff
-    dbnvar = -0.5 * (v["bnvar"] + eps) ** -1.5 * dbnvar_inv  # (1, H)
-    dbndiff2 = 1.0 / (n - 1) * jnp.ones_like(v["bndiff2"]) * dbnvar  # (B, H) Bessel's n-1
-    dbndiff = dbndiff + 2 * v["bndiff"] * dbndiff2  # (B, H) second use, through bndiff2
+    dbnvar_inv = (bndiff * dbnraw).sum(0, keepdims=True)  # (1, H)
+    dbndiff = bnvar_inv * dbnraw  # (B, H) first use of bndiff
+    dbnvar = -0.5 * (bnvar + eps) ** -1.5 * dbnvar_inv  # (1, H)
+    dbndiff2 = 1.0 / (n - 1) * jnp.ones_like(bndiff2) * dbnvar  # (B, H) Bessel's n-1
+    dbndiff = dbndiff + 2 * bndiff * dbndiff2  # (B, H) second use, through bndiff2
     dbnmeani = -dbndiff.sum(0, keepdims=True)  # (1, H)
-    dhprebn = dbndiff + 1.0 / n * jnp.ones_like(v["hprebn"]) * dbnmeani  # (B, H) both uses
+    dhprebn = dbndiff + 1.0 / n * jnp.ones_like(hprebn) * dbnmeani  # (B, H) both uses
     dembcat = dhprebn @ W1.T  # (B, T*E)
-    dW1 = v["embcat"].T @ dhprebn  # (T*E, H)
+    dW1 = embcat.T @ dhprebn  # (T*E, H)
     db1 = dhprebn.sum(0)  # (H,) zero in exact arithmetic: BatchNorm removes the mean
-    demb = dembcat.reshape(v["emb"].shape)  # (B, T, E)
+    demb = dembcat.reshape(emb.shape)  # (B, T, E)
     dC = jnp.zeros_like(C).at[Xb].add(demb)  # (V, E) scatter-add: a repeated character adds up
     return {
         "logprobs": dlogprobs, "probs": dprobs, "counts_sum_inv": dcounts_sum_inv,

@@ -101,8 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="verify the manual backward three ways; print the cmp table")
     _add_data_flag(p)
     _add_model_flags(p, n_hidden=64)
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the parameters and batch (0)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="batch size (32; with --candidate: 32 and 5, unless given)",
+    )
+    p.add_argument(
+        "--seed",
+        type=_nonnegative_int,
+        help="seed of the parameters and batch (0; with --candidate: 0 and 1, unless given)",
+    )
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument(
@@ -110,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--all-ways",
         action="store_true",
         help="a column for every way (five), with error/bound, instead of the three ways",
+    )
+    p.add_argument(
+        "--candidate",
+        metavar="PATH.py:FUNCTION",
+        help="grade your own function (also module:function) instead of jaxninja's backward",
+    )
+    p.add_argument(
+        "--exercise",
+        type=int,
+        choices=(1, 2, 3),
+        help="the exercise --candidate answers: 1 fn(params, v, Xb, Yb) -> dict, "
+        "2 fn(logits, Yb) -> dlogits, 3 fn(dhpreact, bngain, bnvar_inv, bnraw) -> dhprebn",
     )
 
     # train: every default None here means "TrainConfig's default, or the checkpoint's on --resume"
@@ -129,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="run directory for checkpoints and plot (out)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--backward",
+        metavar="PATH.py:FUNCTION",
+        help="train on your exercise-1 function fn(params, v, Xb, Yb) -> dict (also "
+        "module:function), graded first and refused if wrong",
+    )
     g = p.add_argument_group("scaling out (see the README's 'Scaling out')")
     g.add_argument(
         "--seeds",
@@ -166,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=60,
         help="seconds to wait for the coordinator and the other processes (60)",
     )
+
+    p = sub.add_parser(
+        "exercises", help="write the exercise files and the walkthrough notebook into a folder"
+    )
+    p.add_argument("folder", help="where to write them (made if missing; never overwritten)")
 
     for name, what in (("sample", "sample names"), ("eval", "split losses")):
         p = sub.add_parser(name, help=f"{what} of a trained checkpoint")
@@ -207,6 +238,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from jaxninja import data, verify
     from jaxninja.config import ModelConfig, check_batch_size
 
+    if args.candidate or args.exercise:
+        return _grade(args)
+    args.batch_size = 32 if args.batch_size is None else args.batch_size
+    args.seed = 0 if args.seed is None else args.seed
     check_batch_size(args.batch_size)
     path = data.resolve_data_path(args.data)
     splits = data.load_splits(path, args.block_size)
@@ -222,6 +257,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     print(report.to_json() if args.json else verify.format_table(report, wide=args.wide))
     return 0 if report.ok else 1
+
+
+def _grade(args: argparse.Namespace) -> int:
+    """check --candidate: the same table, JSON and exit code, for the learner's function."""
+    from jaxninja.grader import grade, load_function
+
+    if not (args.candidate and args.exercise):
+        raise UsageError("--candidate PATH.py:FUNCTION and --exercise 1|2|3 go together")
+    fn, name = load_function(args.candidate)
+    result = grade(
+        fn, args.exercise, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size,
+        n_hidden=args.n_hidden, n_embd=args.n_embd, block_size=args.block_size,
+        data=args.data, name=name,
+    )  # fmt: skip
+    print(result.to_json() if args.json else result.format(wide=args.wide))
+    return 0 if result.ok else 1
 
 
 def _cluster(args: argparse.Namespace):
@@ -307,12 +358,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     vocab = data.Vocab.from_words(words)
     model_cfg, train_cfg = _train_configs(args, vocab.size)
     splits = data.splits_from_words(words, model_cfg.block_size)
+    backward = _graded_backward(args.backward, model_cfg, path) if args.backward else None
     many = f"{args.seeds} models of " if args.seeds > 1 else ""
     say(f"training {many}{train_cfg.steps} steps of {train_cfg.optimizer} on {path}: {model_cfg}")
     result = train(
         model_cfg, train_cfg, splits.data["train"], vocab, args.out, seeds=args.seeds,
         devices=args.devices, resume=args.resume, progress=not args.no_progress and main,
-        log=say,
+        log=say, backward=backward,
     )  # fmt: skip
     if result.steps_run:
         us = result.train_seconds / result.steps_run * 1e6
@@ -334,6 +386,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     print("samples: " + ", ".join(names))
     print(f"checkpoint: {result.path}; loss plot: {Path(args.out) / 'loss.png'}")
     return 0
+
+
+def _graded_backward(spec: str, model_cfg, data_path: Path):
+    """train --backward: the learner's exercise-1 function, graded at the run's sizes first;
+    refused if any gradient is wrong or a parameter's is not written."""
+    from jaxninja.grader import grade, load_function
+    from jaxninja.model import PARAMS
+
+    fn, name = load_function(spec)
+    result = grade(
+        fn, 1, dtype=model_cfg.dtype, n_hidden=model_cfg.n_hidden, n_embd=model_cfg.n_embd,
+        block_size=model_cfg.block_size, data=str(data_path), name=name,
+    )  # fmt: skip
+    if not result.ok:
+        raise UsageError(f"--backward {name} is refused: {result.verdict()}")
+    if missing := [k for k in PARAMS if k not in result.written]:
+        raise UsageError(
+            f"--backward {name} is refused: training needs the gradients of the 7 parameters, "
+            f"and it does not write {', '.join('d' + k for k in missing)}"
+        )
+    print(f"--backward {name}: graded right ({result.verdict()[4:]}); training on it")
+    return fn
 
 
 def _print_seed_table(ckpts, splits) -> None:
@@ -399,9 +473,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exercises(args: argparse.Namespace) -> int:
+    from jaxninja.learn import GRADE_COMMANDS, write_exercises
+
+    written = write_exercises(args.folder)
+    print(f"wrote {', '.join(p.name for p in written)} into {args.folder}")
+    print(f"open walkthrough.ipynb, fill the `...  # TODO` lines, then grade from {args.folder}:")
+    for command in GRADE_COMMANDS.values():
+        print(f"  {command}")
+    print("(the data: --data PATH or $JAXNINJA_DATA; else data/names.txt there, downloaded)")
+    return 0
+
+
 COMMANDS = {
     "data": cmd_data,
     "check": cmd_check,
+    "exercises": cmd_exercises,
     "train": cmd_train,
     "eval": cmd_eval,
     "sample": cmd_sample,

@@ -35,7 +35,16 @@ from jaxninja.config import ModelConfig, TrainConfig, check_batch_size
 from jaxninja.data import Vocab
 from jaxninja.errors import Interrupted, UsageError
 from jaxninja.fileio import atomic_path
-from jaxninja.model import PARAMS, BNStats, Params, calibrate_bn, forward, init_params, to_device
+from jaxninja.model import (
+    PARAMS,
+    BNStats,
+    Params,
+    calibrate_bn,
+    forward,
+    forward_chunked,
+    init_params,
+    to_device,
+)
 from jaxninja.parallel import DATA, SEEDS
 
 
@@ -98,21 +107,42 @@ def seeds_of(tc: TrainConfig, n_models: int) -> tuple[int, ...]:
     return tuple(range(tc.seed, tc.seed + n_models))
 
 
-def _train_step(mc: ModelConfig, tc: TrainConfig, axis_name: str | None) -> Callable:
-    """One model's step: forward, fused manual backward, optax update, running BatchNorm stats."""
+def _loss_and_grads(mc: ModelConfig, axis_name: str | None, backward: Callable | None) -> Callable:
+    """(params, Xb, Yb) -> (loss, the parameters' gradients, the batch's BatchNorm statistics).
+
+    The compact forward and the fused backward; or, with `backward` (an exercise-1 function,
+    `fn(params, v, Xb, Yb) -> dict`, e.g. a learner's), the chunked forward and that backward.
+    """
+
+    def fused(params, Xb, Yb):
+        loss, cache = forward(params, Xb, Yb, mc.eps, axis_name)
+        grads = backward_fused(cache, axis_name=axis_name)
+        return loss, grads, BNStats(cache.bn.bnmean, cache.bn.bnvar)
+
+    def atomic(params, Xb, Yb):
+        loss, v = forward_chunked(params, Xb, Yb, eps=mc.eps)
+        return loss, backward(params, v, Xb, Yb), BNStats(v["bnmeani"], v["bnvar"])
+
+    return fused if backward is None else atomic
+
+
+def _train_step(
+    mc: ModelConfig, tc: TrainConfig, axis_name: str | None, backward: Callable | None = None
+) -> Callable:
+    """One model's step: forward, manual backward, optax update, running BatchNorm stats."""
     opt = make_optimizer(tc, mc.dtype)
     m = tc.bn_momentum
+    loss_and_grads = _loss_and_grads(mc, axis_name, backward)
 
     def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array]):
         Xb, Yb = batch  # (B, T), (B,): this device's slice of the batch under a data mesh
-        loss, cache = forward(state.params, Xb, Yb, mc.eps, axis_name)
-        grads = backward_fused(cache, axis_name=axis_name)
+        loss, grads, batch_bn = loss_and_grads(state.params, Xb, Yb)
         grads = {k: grads[k] for k in PARAMS}
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         bn = BNStats(
-            (1 - m) * state.bn_running.mean + m * cache.bn.bnmean,
-            (1 - m) * state.bn_running.var + m * cache.bn.bnvar,
+            (1 - m) * state.bn_running.mean + m * batch_bn.mean,
+            (1 - m) * state.bn_running.var + m * batch_bn.var,
         )
         return TrainState(params, opt_state, bn), loss
 
@@ -121,7 +151,11 @@ def _train_step(mc: ModelConfig, tc: TrainConfig, axis_name: str | None) -> Call
 
 @lru_cache(maxsize=8)
 def chunk_runner(
-    mc: ModelConfig, tc: TrainConfig, n_models: int = 1, mesh: Mesh | None = None
+    mc: ModelConfig,
+    tc: TrainConfig,
+    n_models: int = 1,
+    mesh: Mesh | None = None,
+    backward: Callable | None = None,
 ) -> Callable:
     """A jitted (state, start, X, Y, n_steps) -> (state, losses, all_finite).
 
@@ -134,7 +168,7 @@ def chunk_runner(
     seeds = seeds_of(tc, n_models)
     many = n_models > 1
     data_axis = DATA if mesh is not None and not many else None
-    step = _train_step(mc, tc, data_axis)
+    step = _train_step(mc, tc, data_axis, backward)
 
     def chunk(state, start, X, Y, model_seeds, n_steps):
         # Every batch of the chunk drawn and gathered at once, before the loop: a threefry call
@@ -254,13 +288,15 @@ def train(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    backward: Callable | None = None,
 ) -> TrainResult:
     """Train on (X, Y), checkpointing into out_dir; returns the final, calibrated checkpoints.
 
     `seeds` > 1 trains that many models at once (seeds tc.seed, tc.seed + 1, ...), each into its
     own out_dir/seed-<seed>, over `devices` devices (default: as many as divide the count). With
     one model, `devices` > 1 splits each batch over that many (default: one, or every device
-    of a multi-process run). Only process 0 writes.
+    of a multi-process run). Only process 0 writes. `backward`, an exercise-1 function (see
+    `_loss_and_grads`), replaces the fused backward; it runs on one device.
     """
     out_dir = Path(out_dir)
     X_np, Y_np = data
@@ -269,6 +305,8 @@ def train(
     configs = [replace(tc, seed=s) for s in model_seeds]
     dirs = [out_dir] if seeds == 1 else [checkpoint.seed_dir(out_dir, s) for s in model_seeds]
     mesh = run_mesh(tc, seeds, devices)
+    if backward is not None and mesh is not None and seeds == 1:
+        raise UsageError("--backward trains on one device: drop --devices")
     main = parallel.is_main_process()
     say = log if main else (lambda _: None)
     existing = [checkpoint.latest(d) for d in dirs]
@@ -309,7 +347,7 @@ def train(
         stacked = jax.tree.map(lambda *xs: np.stack(xs), *states) if seeds > 1 else states[0]
         state = parallel.place(stacked, mesh, SEEDS if seeds > 1 else None)
         X_run, Y_run = parallel.place((X_np, Y_np), mesh)
-    run = chunk_runner(mc, tc, seeds, mesh)
+    run = chunk_runner(mc, tc, seeds, mesh, backward)
     compiled: dict[int, Any] = {}
     train_seconds = compile_seconds = 0.0
     steps_before = step

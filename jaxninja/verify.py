@@ -87,7 +87,7 @@ WAYS = {
 THREE_WAYS = {
     "(1) jax.grad": ("jax.grad",),
     "(2) torch autograd": ("torch",),
-    "(3) each other": ("fused", "torch manual", "grad~torch"),
+    "(3) each other": ("fused", "manual", "torch manual", "grad~torch"),
 }
 PASSING = ("ok", "noise")  # verdicts that do not fail a check ("noise": float32 cannot tell)
 # the order in which a cell's verdicts are shown when a column merges several ways: worst first
@@ -110,7 +110,8 @@ class Report(NamedTuple):
     dtype: str
     batch_size: int
     seed: int
-    rows: list[dict[str, Any]]  # {"name", "shape", "noise", "cannot_tell", way: cell | None}
+    ways: dict[str, tuple[str, str]]  # way -> (candidate source, reference source)
+    rows: list[dict[str, Any]]  # {"name", "shape", "noise", "cannot_tell", "written", way: cell}
     losses: dict[str, float]  # chunked, compact, fused (and torch): one loss, computed each way
     loss_ok: bool
     skipped: list[str]  # ways not run, with the reason in `skip_reason`
@@ -125,7 +126,7 @@ class Report(NamedTuple):
         return [
             (r["name"], w, r[w])
             for r in self.rows
-            for w in WAYS
+            for w in self.ways
             if r.get(w) and r[w]["verdict"] not in PASSING
         ]
 
@@ -282,9 +283,12 @@ def compare_row(
     sources: dict[str, dict[str, np.ndarray]],
     dtype: str,
     ways: dict[str, tuple[str, str]],
+    rows_of: dict[str, Iterable[str]],
 ) -> dict[str, Any]:
     """One row of the table: the tensor, float32's noise there, and a cell per way."""
-    row: dict[str, Any] = {"name": name, "shape": list(shape), "noise": None, "cannot_tell": False}
+    row: dict[str, Any] = {
+        "name": name, "shape": list(shape), "noise": None, "cannot_tell": False, "written": True,
+    }  # fmt: skip
     f32 = None
     if "truth" in sources:
         noise, scale = float32_noise(name, sources)
@@ -293,7 +297,7 @@ def compare_row(
         row["cannot_tell"] = bound >= F32_CANNOT_TELL * scale and scale > 0
         f32 = {"truth": sources["truth"], "bound": bound, "cannot_tell": row["cannot_tell"]}
     for way, (cand, ref) in ways.items():
-        if cand not in sources or ref not in sources or name not in ROWS_OF.get(cand, GRAD_ORDER):
+        if not all(s in sources and name in rows_of[s] for s in (cand, ref)):
             row[way] = None
             continue
         problem = _source_problem(cand, sources[cand], name, shape, dtype) or _source_problem(
@@ -320,9 +324,12 @@ def compare(
     shapes: dict[str, tuple[int, ...]],
     dtype: str,
     ways: dict[str, tuple[str, str]] = WAYS,
+    rows: Iterable[str] = GRAD_ORDER,
+    rows_of: dict[str, Iterable[str]] = ROWS_OF,
 ) -> list[dict[str, Any]]:
-    """One row per tensor in the notebook's cmp order; a way that does not cover a row is None."""
-    return [compare_row(name, shapes[name], sources, dtype, ways) for name in GRAD_ORDER]
+    """One row per tensor of `rows` (the notebook's cmp order); a way is None for a row that one
+    of its sources does not make (`rows_of`)."""
+    return [compare_row(name, shapes[name], sources, dtype, ways, rows_of) for name in rows]
 
 
 def check_context(dtype: str) -> ExitStack:
@@ -356,15 +363,29 @@ def run_check(
     case = make_case(cfg, X, Y, batch_size, seed)
     with check_context(cfg.dtype):
         sources, losses, shapes = gradient_sources(case, cfg.eps, with_torch, atomic, **parts)
-    rows = compare(sources, shapes, cfg.dtype)
+    return make_report(
+        cfg.dtype, batch_size, seed, WAYS, compare(sources, shapes, cfg.dtype), losses
+    )
+
+
+def make_report(
+    dtype: str,
+    batch_size: int,
+    seed: int,
+    ways: dict[str, tuple[str, str]],
+    rows: list[dict[str, Any]],
+    losses: dict[str, float],
+) -> Report:
+    """The report of compared rows: the losses checked, the ways PyTorch's absence skipped."""
+    with_torch = "torch" in losses
     skipped = (
-        [] if with_torch else [w for w, pair in WAYS.items() if set(pair) & set(TORCH_SOURCES)]
+        [] if with_torch else [w for w, pair in ways.items() if set(pair) & set(TORCH_SOURCES)]
     )
     reason = None if with_torch else "PyTorch is not installed: pip install 'jaxninja[torch]'"
     ref = losses["chunked"]
-    loss_bound = (1e-12 if cfg.dtype == "float64" else 1e-6) * max(1.0, abs(ref))
+    loss_bound = (1e-12 if dtype == "float64" else 1e-6) * max(1.0, abs(ref))
     loss_ok = all(abs(v - ref) <= loss_bound for v in losses.values())
-    return Report(cfg.dtype, batch_size, seed, rows, losses, loss_ok, skipped, reason)
+    return Report(dtype, batch_size, seed, ways, rows, losses, loss_ok, skipped, reason)
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -388,9 +409,14 @@ def _cell_text(cell: dict[str, Any] | None, skipped: bool, wide: bool) -> str:
 
 
 def format_table(report: Report, wide: bool = False) -> str:
+    """The table and its summary: the verdict, led by the first failing tensor."""
+    return "\n".join([*table_lines(report, wide), *_summary(report)])
+
+
+def table_lines(report: Report, wide: bool = False) -> list[str]:
     """The notebook's cmp: one row per tensor; a column per way (the three of the README, or
     with `wide` every way, with error/bound), each cell a verdict and the maxdiff."""
-    columns = {w: (w,) for w in WAYS} if wide else THREE_WAYS
+    columns = {w: (w,) for w in report.ways} if wide else THREE_WAYS
     f32 = report.dtype == "float32"
     width = 24 if wide else 18
     head = f"{'tensor':14s} {'shape':11s}" + (f" {'f32 noise':>9s}" if f32 else "")
@@ -404,20 +430,9 @@ def format_table(report: Report, wide: bool = False) -> str:
             cells = [r[w] for w in ways if r.get(w)]
             skipped = any(w in report.skipped for w in ways)
             text = _cell_text(_worst(cells) if cells else None, skipped, wide)
-            line += f" | {text:{width}s}"
+            line += f" | {text if r['written'] else 'not written':{width}s}"
         lines.append(line.rstrip())
     lines.append("-" * len(header))
-    return "\n".join(lines + _summary(report, wide))
-
-
-def _summary(report: Report, wide: bool) -> list[str]:
-    lines = ["losses: " + ", ".join(f"{k} {v:.12g}" for k, v in report.losses.items())]
-    counted = [w for w in WAYS if any(r.get(w) for r in report.rows)]
-    exact = {w: sum(1 for r in report.rows if r[w] and r[w].get("exact")) for w in counted}
-    n_rows = {w: sum(1 for r in report.rows if r[w]) for w in counted}
-    lines.append("bit-exact rows: " + ", ".join(f"{w} {exact[w]}/{n_rows[w]}" for w in counted))
-    if report.skipped:
-        lines.append(f"skipped: {', '.join(report.skipped)} ({report.skip_reason})")
     if report.dtype == "float32":
         lines.append(
             f"float32 judged against a float64 truth: within {F32_FACTOR:g}x float32 autodiff's "
@@ -425,6 +440,17 @@ def _summary(report: Report, wide: bool) -> list[str]:
         )
     if not wide:
         lines.append("each cell: the worst verdict of its ways and its maxdiff; --wide: every way")
+    return lines
+
+
+def _summary(report: Report) -> list[str]:
+    lines = ["losses: " + ", ".join(f"{k} {v:.12g}" for k, v in report.losses.items())]
+    counted = [w for w in report.ways if any(r.get(w) for r in report.rows)]
+    exact = {w: sum(1 for r in report.rows if r[w] and r[w].get("exact")) for w in counted}
+    n_rows = {w: sum(1 for r in report.rows if r[w]) for w in counted}
+    lines.append("bit-exact rows: " + ", ".join(f"{w} {exact[w]}/{n_rows[w]}" for w in counted))
+    if report.skipped:
+        lines.append(f"skipped: {', '.join(report.skipped)} ({report.skip_reason})")
     if unjudged := report.cannot_tell():
         lines.append(
             f"noise: float32 cannot tell right from wrong in {len(unjudged)} rows here "

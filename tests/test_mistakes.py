@@ -71,19 +71,17 @@ CATALOGUE = {
         "wrong",
     ),
     "1 - h instead of 1 - h**2": (
-        lambda: _atomic('(1.0 - v["h"] ** 2) * dh', '(1.0 - v["h"]) * dh'),
+        lambda: _atomic("(1.0 - h**2) * dh", "(1.0 - h) * dh"),
         "hpreact",
         "wrong",
     ),
     "a missing transpose in dW2": (
-        lambda: _atomic('dW2 = v["h"].T @ dlogits', 'dW2 = dlogits.T @ v["h"]'),
+        lambda: _atomic("dW2 = h.T @ dlogits", "dW2 = dlogits.T @ h"),
         "W2",
         "shape",
     ),
     "dbngain summed over the wrong axis": (
-        lambda: _atomic(
-            'dbngain = (v["bnraw"] * dhpreact).sum(0,', 'dbngain = (v["bnraw"] * dhpreact).sum(1,'
-        ),
+        lambda: _atomic("(bnraw * dhpreact).sum(0,", "(bnraw * dhpreact).sum(1,"),
         "bngain",
         "shape",
     ),

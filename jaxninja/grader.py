@@ -1,0 +1,441 @@
+"""Grade a learner's own backward: the checker (verify.py) with their function in the seat of
+exercise 1, 2 or 3.
+
+`grade(fn, exercise)` runs `fn` on seeded cases (by default the notebook's batch of 32 and a
+batch of 5 of another seed, so a batch size written in by hand, or a fit to one input, fails) and
+compares what it returns with jax.grad, PyTorch autograd and the project's own backwards, row by
+row in the notebook's order, under verify's verdicts (shapes first; float32 judged against a
+float64 truth). `fn` is an argument, traced afresh on every call (a new jit each time), so an
+edited function is never graded by a stale compile.
+
+The signatures, one per exercise (the exercise files, `jaxninja exercises DIR`, hold them):
+  1. fn(params, v, Xb, Yb) -> dict: `v` holds the 19 intermediates of `forward_chunked` by the
+     notebook's names; return any of the 26 gradients, keyed by tensor name ("logprobs", ...,
+     "C"), as the notebook's cmp calls name them. Rows not returned are "not written".
+  2. fn(logits, Yb) -> dlogits
+  3. fn(dhpreact, bngain, bnvar_inv, bnraw) -> dhprebn
+A function that returns `...` (an unfilled exercise) has written nothing yet.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+import traceback
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxninja import verify
+from jaxninja.config import ModelConfig, check_batch_size
+from jaxninja.data import load_splits, resolve_data_path
+from jaxninja.errors import UsageError
+from jaxninja.model import GRAD_ORDER, forward_chunked, make_case, to_device
+
+
+class Exercise(NamedTuple):
+    signature: str
+    rows: tuple[str, ...]  # the tensors whose gradients it writes
+
+
+EXERCISES = {
+    1: Exercise("fn(params, v, Xb, Yb) -> dict of gradients by tensor name", GRAD_ORDER),
+    2: Exercise("fn(logits, Yb) -> dlogits", ("logits",)),
+    3: Exercise("fn(dhpreact, bngain, bnvar_inv, bnraw) -> dhprebn", ("hprebn",)),
+}
+# (batch size, seed): the notebook's case, and a small odd batch of another seed
+DEFAULT_CASES = ((32, 0), (5, 1))
+# the candidate against every other source; a way is left out of a row a source does not make
+GRADE_WAYS = {
+    "jax.grad": ("yours", "jax.grad"),
+    "torch": ("yours", "torch autograd"),
+    "manual": ("yours", "manual"),
+    "fused": ("yours", "fused"),
+    "torch manual": ("yours", "torch manual"),
+}
+
+
+class Grade(NamedTuple):
+    exercise: int
+    function: str  # the function graded, as the learner named it
+    reports: list[verify.Report]  # one per case
+    written: list[str]  # the rows the function returned, in the notebook's order
+    hints: list[str | None]  # per case: what the first failure looks like, where we can tell
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.reports)
+
+    @property
+    def of(self) -> int:
+        return len(EXERCISES[self.exercise].rows)
+
+    def first_failing_case(self) -> int | None:
+        return next((i for i, r in enumerate(self.reports) if not r.ok), None)
+
+    def verdict(self) -> str:
+        """One line: where the learner stands."""
+        done = f"{len(self.written)} of {self.of} written"
+        i = self.first_failing_case()
+        if i is None:
+            rest = "" if len(self.written) == self.of else f" ({self.of - len(self.written)} to go)"
+            right = "all right" if self.written else "nothing to grade yet"
+            cases = f"{len(self.reports)} case{'s' if len(self.reports) > 1 else ''}"
+            return f"OK: {done}, {right} in {cases}{rest}"
+        report, first = self.reports[i], self.reports[i].first_failure()
+        where = f"case {i + 1} (batch {report.batch_size}, seed {report.seed}, {report.dtype})"
+        if first is None:
+            return f"FAILED: {done}; in {where} the forward passes' losses disagree"
+        kind = "shape error" if first["verdict"] == "shape" else "first wrong tensor"
+        return f"FAILED: {done}; in {where}, {kind}: {first['name']}: {first['message']}"
+
+    def format(self, wide: bool = False) -> str:
+        i = self.first_failing_case()
+        shown = self.reports[0 if i is None else i]
+        lines = [f"exercise {self.exercise}: {self.function}", EXERCISES[self.exercise].signature]
+        lines += verify.table_lines(shown, wide)
+        for k, report in enumerate(self.reports):
+            if not report.ok:
+                state = f"wrong at {(report.first_failure() or {'name': 'the loss'})['name']}"
+            else:
+                state = f"{len(self.written)} written, right" if self.written else "nothing yet"
+            if report.ok and report.cannot_tell():
+                state += f" (float32 cannot tell in {', '.join(report.cannot_tell())})"
+            shown_here = " (the table above)" if report is shown and len(self.reports) > 1 else ""
+            lines.append(
+                f"case {k + 1} of {len(self.reports)}: batch {report.batch_size}, seed "
+                f"{report.seed}, {report.dtype}: {state}{shown_here}"
+            )
+        if i is not None and self.hints[i]:
+            lines.append(f"hint: {self.hints[i]}")
+        lines.append(self.verdict())
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        cases = [
+            {**json.loads(r.to_json()), "hint": h}
+            for r, h in zip(self.reports, self.hints, strict=True)
+        ]
+        return json.dumps(
+            {
+                "ok": self.ok,
+                "exercise": self.exercise,
+                "function": self.function,
+                "written": self.written,
+                "of": self.of,
+                "verdict": self.verdict(),
+                "cases": cases,
+            },
+            indent=2,
+        )
+
+
+def grade(
+    fn: Callable,
+    exercise: int,
+    *,
+    dtype: str = "float32",
+    seed: int | None = None,
+    batch_size: int | None = None,
+    n_hidden: int = 64,
+    n_embd: int = 10,
+    block_size: int = 3,
+    data: str | None = None,
+    with_torch: bool | None = None,
+    name: str | None = None,
+) -> Grade:
+    """Grade `fn` as exercise 1, 2 or 3 (signatures in the module docstring). With `seed` or
+    `batch_size` given, that one case (the other from the defaults); else DEFAULT_CASES."""
+    if exercise not in EXERCISES:
+        raise UsageError(f"exercise must be 1, 2 or 3, got {exercise!r}")
+    _check_arity(fn, exercise)
+    if seed is None and batch_size is None:
+        cases = DEFAULT_CASES
+    else:
+        cases = ((32 if batch_size is None else batch_size, 0 if seed is None else seed),)
+    for b, _ in cases:
+        check_batch_size(b)
+    splits = load_splits(resolve_data_path(data), block_size)
+    cfg = ModelConfig(splits.vocab.size, block_size, n_embd, n_hidden, dtype=dtype)
+    if with_torch is None:
+        with_torch = verify.torch_available()
+    name = name or getattr(fn, "__qualname__", repr(fn))
+    results = [
+        _grade_case(fn, exercise, cfg, splits.data["train"], b, s, with_torch) for b, s in cases
+    ]
+    reports = [r for r, _, _ in results]
+    written = [k for k in EXERCISES[exercise].rows if k in results[0][1]]
+    return Grade(exercise, name, reports, written, [h for _, _, h in results])
+
+
+def _check_arity(fn: Callable, exercise: int) -> None:
+    if not callable(fn):
+        raise UsageError(f"exercise {exercise} needs a function, got {type(fn).__name__}")
+    n_args = 4 if exercise in (1, 3) else 2
+    try:
+        inspect.signature(fn).bind(*range(n_args))
+    except TypeError:
+        raise UsageError(
+            f"{getattr(fn, '__name__', 'the function')} takes {inspect.signature(fn)}; exercise "
+            f"{exercise} calls it with {n_args} arguments: {EXERCISES[exercise].signature}"
+        ) from None
+    except ValueError:  # a builtin without a signature: let the call say
+        pass
+
+
+class _NotWritten(Exception):
+    """An exercise-2/3 function that returned `...`: nothing written yet."""
+
+
+def _grade_case(fn, exercise, cfg, data, batch_size, seed, with_torch):
+    """(report, the rows written, a hint) of one case."""
+    case = make_case(cfg, *data, batch_size, seed)
+    with verify.check_context(cfg.dtype):
+        sources, losses, shapes = verify.gradient_sources(case, cfg.eps, with_torch)
+        p = to_device(case.params)
+        _, values = forward_chunked(p, case.Xb, case.Yb, eps=cfg.eps)
+        try:
+            yours = _run_candidate(fn, exercise, p, values, sources, case)
+        except _NotWritten:
+            yours = {}
+        except UsageError:
+            raise
+        except Exception as e:
+            raise UsageError(_their_exception(fn, e, exercise)) from None
+    sources["yours"] = jax.tree.map(np.asarray, yours)
+    rows = EXERCISES[exercise].rows
+    rows_of = {**verify.ROWS_OF, "yours": tuple(yours)}
+    ways = {w: pair for w, pair in GRADE_WAYS.items() if pair[1] in sources}
+    compared = verify.compare(sources, shapes, cfg.dtype, ways, rows, rows_of)
+    for row in compared:
+        row["written"] = row["name"] in yours
+    report = verify.make_report(cfg.dtype, batch_size, seed, ways, compared, losses)
+    return report, yours, _hint(report, sources, case.Xb, np.asarray(values["bnraw"]))
+
+
+def _run_candidate(fn, exercise, p, values, sources, case) -> dict[str, jax.Array]:
+    """The candidate's gradients by tensor name, traced afresh (a new jit wrapper each call).
+    Exercises 2 and 3 get the forward's tensors (and the fused backward's dhpreact) as inputs."""
+    if exercise == 1:
+        return jax.jit(lambda q, v, x, y: _written(fn(q, v, x, y)))(p, values, case.Xb, case.Yb)
+    if exercise == 2:
+        args = (values["logits"], case.Yb)
+    else:
+        dhpreact = sources["fused"]["hpreact"]
+        args = (dhpreact, p["bngain"], values["bnvar_inv"], values["bnraw"])
+    out = jax.jit(lambda *a: _one_array(fn(*a), exercise))(*args)
+    return {EXERCISES[exercise].rows[0]: out}
+
+
+def _one_array(out: Any, exercise: int) -> Any:
+    if out is Ellipsis:
+        raise _NotWritten
+    if not hasattr(out, "shape"):
+        raise UsageError(
+            f"exercise {exercise} returns one array ({EXERCISES[exercise].signature}); "
+            f"yours returned {type(out).__name__}"
+        )
+    return out
+
+
+def _written(out: Any) -> dict[str, Any]:
+    """Exercise 1's return value, its blanks (`...`) left out; anything else is an error."""
+    if not isinstance(out, dict):
+        raise UsageError(
+            f"exercise 1 returns a dict of gradients keyed by tensor name; yours returned "
+            f"{type(out).__name__}"
+        )
+    unknown = [k for k in out if k not in GRAD_ORDER]
+    if unknown:
+        key = unknown[0]
+        near = f" (the key of d{key[1:]} is {key[1:]!r})" if str(key)[1:] in GRAD_ORDER else ""
+        raise UsageError(
+            f"exercise 1 returned the key {key!r}{near}: the keys are the tensors' names, "
+            f"{', '.join(GRAD_ORDER[:3])}, ..., {GRAD_ORDER[-1]}"
+        )
+    bad = [k for k, x in out.items() if x is not Ellipsis and not hasattr(x, "shape")]
+    if bad:
+        raise UsageError(f"d{bad[0]} is a {type(out[bad[0]]).__name__}, not an array")
+    return {k: x for k, x in out.items() if x is not Ellipsis}
+
+
+def _their_exception(fn: Callable, e: Exception, exercise: int) -> str:
+    """One line for an exception raised in the learner's code: their file and line, and theirs."""
+    try:
+        theirs = Path(inspect.getsourcefile(inspect.unwrap(fn)) or "").resolve()
+    except TypeError:
+        theirs = None
+    frames = [
+        f
+        for f in traceback.extract_tb(e.__traceback__)
+        if theirs and Path(f.filename).resolve() == theirs
+    ]
+    message = (str(e).strip().splitlines() or [""])[0]
+    what = f"{type(e).__name__}: {message}" if message else type(e).__name__
+    if not frames:
+        return f"exercise {exercise}: your function raised {what}"
+    f = frames[-1]
+    return f"exercise {exercise}: {Path(f.filename).name}:{f.lineno}: `{f.line}` raised {what}"
+
+
+# --- hints: what the catalogue's mistakes look like from outside ------------------------------
+
+
+def _hint(report: verify.Report, sources: dict, Xb: np.ndarray, bnraw: np.ndarray) -> str | None:
+    """A hint for the first failure of a case, where it looks like a known mistake."""
+    first = report.first_failure()
+    if first is None:
+        return None
+    name, n = first["name"], report.batch_size
+    row = next(r for r in report.rows if r["name"] == name)
+    if first["verdict"] == "shape":
+        return _shape_hint(name, tuple(row["shape"]), tuple(np.shape(sources["yours"][name])))
+    if first["verdict"] != "wrong":
+        return None
+    yours = np.asarray(sources["yours"][name], np.float64)
+    ref = np.asarray(sources.get("truth", sources["jax.grad"])[name], np.float64)
+    if name in verify.EXACT_ZERO:
+        why = {
+            "logit_maxes": "softmax is shift-invariant: subtracting the max cannot change the loss",
+            "b1": "BatchNorm subtracts the batch mean, so b1 cannot change the loss",
+        }[name]
+        return f"d{name} is zero in exact arithmetic ({why}); yours is off by {first['message']}"
+    if name == "C" and _wrong_only_where_repeated(yours, ref, Xb):
+        return (
+            "dC is wrong only in rows of characters read more than once in the batch: each read "
+            "adds its gradient, so use .at[Xb].add(demb), not .set"
+        )
+    return _scale_hint(name, yours, ref, n) or _broadcast_hint(name, yours, ref, bnraw)
+
+
+def _shape_hint(name: str, want: tuple, got: tuple) -> str:
+    if tuple(d for d in want if d != 1) == got and got != want:
+        return f"a sum lost its axis: keepdims=True keeps d{name} at {want}, the shape of {name}"
+    if got == want[::-1]:
+        return f"d{name} is transposed: which side of the matmul takes .T?"
+    if len(got) == len(want) and sorted(got) != sorted(want):
+        return f"summed over the wrong axis? {name} is {want}"
+    return f"d{name} must have {name}'s shape, {want}"
+
+
+def _scale_hint(name: str, yours: np.ndarray, ref: np.ndarray, n: int) -> str | None:
+    """A hint where yours is the reference times a constant that names the mistake."""
+    denom = float((ref * ref).sum())
+    if denom == 0:
+        return None
+    r = float((yours * ref).sum()) / denom
+    if np.abs(yours - r * ref).max() > 1e-3 * np.abs(ref).max():
+        return None
+    factors = {
+        f"{n}/32": n / 32, f"32/{n}": 32 / n, f"{n}/{n - 1}": n / (n - 1),
+        f"{n - 1}/{n}": (n - 1) / n, "-1": -1.0, "2": 2.0, "1/2": 0.5,
+    }  # fmt: skip
+    said = next((k for k, x in factors.items() if abs(r - x) < 1e-4 * abs(x)), None)
+    if said is None:
+        return f"d{name} is the right tensor times {r:.4g}"
+    why = {
+        f"{n}/32": "a batch size of 32 written in by hand? use n = the batch's own size",
+        f"{n}/{n - 1}": "Bessel's correction: the variance divides by n-1, not n",
+        "-1": "the sign is flipped",
+    }
+    why[f"32/{n}"], why[f"{n - 1}/{n}"] = why[f"{n}/32"], why[f"{n}/{n - 1}"]
+    return f"d{name} is the right tensor times {said} at batch {n}: " + why.get(said, "a factor")
+
+
+def _broadcast_hint(name: str, yours: np.ndarray, ref: np.ndarray, bnraw: np.ndarray):
+    """A hint where the error is the same in every example, or bnraw times a per-unit constant:
+    the two batch-summed terms of dhprebn (the mean's 1/n; the variance's n/(n-1))."""
+    diff = yours - ref
+    if diff.ndim != 2 or diff.shape[0] < 2:
+        return None
+    size = np.abs(diff).max()
+    if np.abs(diff - diff[:1]).max() < 1e-3 * size:
+        return (
+            f"d{name} is off by the same amount in every example: check the term that reaches "
+            "it through the batch mean (1/n, not 1/(n-1))"
+        )
+    if diff.shape == bnraw.shape:
+        c = (diff * bnraw).sum(0) / np.maximum((bnraw * bnraw).sum(0), 1e-300)  # per unit
+        if np.abs(diff - bnraw * c).max() < 1e-3 * size:
+            return (
+                f"d{name} is off by bnraw times a constant per unit: check the term that reaches "
+                "it through the variance, with Bessel's n/(n-1)"
+            )
+    return None
+
+
+def _wrong_only_where_repeated(yours: np.ndarray, ref: np.ndarray, Xb: np.ndarray) -> bool:
+    counts = np.bincount(np.asarray(Xb).ravel(), minlength=len(ref))
+    wrong = np.abs(yours - ref).max(1) > 1e-4 * np.abs(ref).max()
+    return bool(wrong.any() and (counts[wrong] > 1).all())
+
+
+# --- loading a learner's function --------------------------------------------------------------
+
+
+def load_function(spec: str) -> tuple[Callable, str]:
+    """`PATH.py:FUNCTION` or `module:function` -> (the function, its name as given). The file is
+    imported afresh on each call, so an edit is always seen."""
+    path_part, sep, func = spec.rpartition(":")
+    if not sep or not path_part or not func:
+        raise UsageError(f"{spec!r}: name a function as PATH.py:FUNCTION or module:function")
+    if path_part.endswith(".py") or "/" in path_part or "\\" in path_part:
+        module = _import_file(Path(path_part))
+    else:
+        try:
+            module = importlib.import_module(path_part)
+        except ModuleNotFoundError as e:
+            if e.name and path_part.startswith(e.name):
+                raise UsageError(f"no module named {path_part!r} (or a file: PATH.py)") from None
+            raise UsageError(_import_error(path_part, e)) from None
+        except Exception as e:
+            raise UsageError(_import_error(path_part, e)) from None
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        defined = sorted(
+            k
+            for k, v in vars(module).items()
+            if inspect.isfunction(v) and v.__module__ == module.__name__
+        )
+        raise UsageError(
+            f"{path_part} has no function {func!r}"
+            + (f" (it defines {', '.join(defined)})" if defined else "")
+        )
+    return fn, spec
+
+
+def _import_file(path: Path):
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}")
+    name = f"jaxninja_candidate_{uuid.uuid4().hex}"  # a fresh module: never a cached import
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and the like look themselves up there
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise UsageError(_import_error(str(path), e, path)) from None
+    finally:
+        sys.modules.pop(name, None)
+    return module
+
+
+def _import_error(what: str, e: Exception, path: Path | None = None) -> str:
+    frames = traceback.extract_tb(e.__traceback__)
+    if path is not None:
+        mine = [f for f in frames if Path(f.filename).resolve() == path.resolve()]
+        frames = mine or frames
+    where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}: " if frames else ""
+    if isinstance(e, SyntaxError) and e.lineno:
+        where = f"{Path(e.filename or what).name}:{e.lineno}: "
+        message = e.msg
+    else:
+        message = (str(e).strip().splitlines() or [""])[0]
+    return f"importing {what} failed: {where}{type(e).__name__}: {message}"
