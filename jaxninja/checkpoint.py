@@ -8,9 +8,12 @@ relies on and turns any problem into a one-line UsageError.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -84,6 +87,52 @@ def latest(run_dir: str | os.PathLike) -> Path | None:
         return None
     found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := NAME.fullmatch(p.name))]
     return max(found)[1] if found else None
+
+
+LOCK = ".lock"  # in a run directory: the flock of the run that writes there, and its pid
+_held: dict[Path, int] = {}  # run directories this process holds: path -> the lock's fd
+
+
+@contextmanager
+def hold_run_dir(out_dir: str | os.PathLike) -> Iterator[None]:
+    """Be the only writer of a run directory while the block runs (made if missing).
+
+    An flock, which the kernel drops when the process ends however it ends (a crash, kill -9),
+    so no lock is ever left stuck. Re-entrant within a process: an inner hold of a directory
+    held already is a no-op, and only the outermost releases it.
+    """
+    path = Path(out_dir).resolve()
+    if path in _held:
+        yield
+        return
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UsageError(
+            f"cannot write to {out_dir} ({e.strerror or e}): choose another --out"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UsageError(
+            f"{out_dir} is being written by another run (pid {holder}): wait for it to end, "
+            "or choose another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held[path] = fd
+    try:
+        yield
+    finally:
+        del _held[path]
+        if created and [p.name for p in path.iterdir()] == [LOCK]:  # a run that wrote nothing
+            (path / LOCK).unlink()  # leaves no empty directory of its own making behind
+            path.rmdir()
+        os.close(fd)  # releases the flock
 
 
 def seed_dir(out_dir: str | os.PathLike, seed: int) -> Path:

@@ -10,10 +10,11 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-from jaxninja.errors import Interrupted, UsageError
+from jaxninja.errors import Interrupted, LostProcess, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -192,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=60,
         help="seconds to wait for the coordinator and the other processes (60)",
     )
+    g.add_argument(
+        "--heartbeat-timeout",
+        type=_positive_int,
+        default=100,
+        help="seconds without a sign of life from a process before the run gives it up as lost "
+        "and stops (100, JAX's default)",
+    )
 
     p = sub.add_parser(
         "exercises", help="write the exercise files and the walkthrough notebook into a folder"
@@ -287,7 +295,10 @@ def _cluster(args: argparse.Namespace):
             "a multi-process run needs --coordinator, --num-processes and --process-id "
             "(or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID) together"
         )
-    return ClusterConfig(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
+    return ClusterConfig(
+        args.coordinator, args.num_processes, args.process_id, args.init_timeout,
+        args.heartbeat_timeout,
+    )  # fmt: skip
 
 
 def _start_jax(args: argparse.Namespace) -> None:
@@ -345,7 +356,22 @@ def _train_configs(args: argparse.Namespace, vocab_size: int):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    _start_jax(args)
+    """What can fail in one process alone is checked before the processes join, so one bad
+    process never leaves the others waiting: the data, the configs (a --resume checkpoint read
+    whole), and, in the process that writes, the run directory's lock."""
+    from jaxninja import checkpoint, data
+
+    path = data.resolve_data_path(args.data)
+    words = data.read_words(path)
+    vocab = data.Vocab.from_words(words)
+    model_cfg, train_cfg = _train_configs(args, vocab.size)
+    writes = args.process_id in (None, 0)
+    with checkpoint.hold_run_dir(args.out) if writes else nullcontext():
+        _start_jax(args)
+        return _train_and_report(args, path, words, vocab, model_cfg, train_cfg)
+
+
+def _train_and_report(args, path, words, vocab, model_cfg, train_cfg) -> int:
     from jaxninja import data, parallel
     from jaxninja.model import to_device
     from jaxninja.sample import sample_names
@@ -353,10 +379,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     main = parallel.is_main_process()
     say = print if main else (lambda *_: None)
-    path = data.resolve_data_path(args.data)
-    words = data.read_words(path)
-    vocab = data.Vocab.from_words(words)
-    model_cfg, train_cfg = _train_configs(args, vocab.size)
     splits = data.splits_from_words(words, model_cfg.block_size)
     backward = _graded_backward(args.backward, model_cfg, path) if args.backward else None
     many = f"{args.seeds} models of " if args.seeds > 1 else ""
@@ -501,7 +523,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except Interrupted as e:
         print(f"jaxninja: {e}", file=sys.stderr)
-        return 130
+        return e.exit_code
+    except LostProcess as e:
+        print(f"jaxninja: error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)  # not JAX's shutdown barrier: it would wait for the lost process, then abort
     except UsageError as e:
         print(f"jaxninja: error: {e}", file=sys.stderr)
         return 2

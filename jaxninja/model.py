@@ -9,8 +9,9 @@ whose caches feed the fused backward that training uses. Both give the same loss
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -193,19 +194,69 @@ def logits_eval(params: Params, bn: BNStats, X: jax.Array, eps: float = 1e-5) ->
     return logits
 
 
-@jax.jit
-def calibrate_bn(params: Params, X: jax.Array) -> BNStats:
-    """The notebook's calibration: BatchNorm's mean and (n-1) variance over all of X at once."""
+# Evaluation streams over chunks of this many examples: memory stays at a chunk's activations
+# (~50 MB at 200 hidden units, float32) however large the split, and the chunks' sums are added
+# up on the host in float64. Full chunks go unmasked (XLA fuses the sum into the matmul); the
+# last, partial one is padded to the full size and masked, so one shape serves every split.
+EVAL_CHUNK = 65_536
+
+
+def _chunks(X: np.ndarray | jax.Array, *more) -> Iterator[tuple[list[np.ndarray], Any]]:
+    """([X's chunk, more's chunks], None for a full chunk or the mask of a padded last one)."""
+    n = len(X)
+    for start in range(0, n, EVAL_CHUNK):
+        rows = slice(start, min(start + EVAL_CHUNK, n))
+        parts = [np.asarray(a[rows]) for a in (X, *more)]
+        if len(parts[0]) == EVAL_CHUNK:
+            yield parts, None
+            continue
+        pad = EVAL_CHUNK - len(parts[0])
+        parts = [np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in parts]
+        yield parts, np.arange(EVAL_CHUNK) < EVAL_CHUNK - pad
+
+
+@partial(jax.jit, static_argnames="power")
+def _centered_sum(params: Params, X: jax.Array, mask, center: jax.Array, power: int):
+    """Sum over a chunk's rows (its real ones, where there is a mask) of (hprebn - center) **
+    power: (1, H). One sum a call: XLA fuses it into the matmul, two at once it does not."""
     embcat, _ = layers.embedding_forward(params["C"], X)  # (N, T*E)
     hprebn, _ = layers.linear_forward(embcat, params["W1"], params["b1"])  # (N, H)
-    return BNStats(hprebn.mean(0, keepdims=True), hprebn.var(0, ddof=1, keepdims=True))
+    d = hprebn - center if mask is None else jnp.where(mask[:, None], hprebn - center, 0)
+    return (d if power == 1 else d * d).sum(0, keepdims=True)
+
+
+def calibrate_bn(params: Params, X: np.ndarray | jax.Array) -> BNStats:
+    """The notebook's calibration: BatchNorm's mean and (n-1) variance over all of X, streamed
+    in two passes (the mean, then the squared deviations from it), as exact as all at once."""
+    n, H = len(X), params["W1"].shape[1]
+    dtype = params["W1"].dtype
+
+    def total(center: np.ndarray, power: int) -> np.ndarray:
+        acc = np.zeros((1, H), np.float64)
+        for (Xc,), mask in _chunks(X):
+            acc += np.asarray(_centered_sum(params, Xc, mask, center, power))
+        return acc
+
+    mean = total(np.zeros((1, H), dtype), 1) / n
+    var = total(mean.astype(dtype), 2) / (n - 1)
+    return BNStats(jnp.asarray(mean, dtype), jnp.asarray(var, dtype))
+
+
+@partial(jax.jit, static_argnames="eps")
+def _nll_sum(params: Params, bn: BNStats, X, Y, mask, eps: float = 1e-5) -> jax.Array:
+    logits = logits_eval(params, bn, X, eps=eps)  # (N, V)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=1), Y[:, None], axis=1)[:, 0]
+    return nll.sum() if mask is None else jnp.where(mask, nll, 0).sum()
 
 
 def split_loss(
     params: Params, bn: BNStats, X: np.ndarray, Y: np.ndarray, eps: float = 1e-5
 ) -> float:
-    """The notebook's split_loss: mean cross-entropy over a whole split in inference mode."""
+    """The notebook's split_loss: mean cross-entropy over a whole split in inference mode,
+    streamed over chunks."""
     if len(X) == 0:
         return float("nan")
-    logits = logits_eval(params, bn, jnp.asarray(X), eps=eps)
-    return float(layers.cross_entropy_forward(logits, jnp.asarray(Y))[0])
+    total = sum(
+        float(_nll_sum(params, bn, Xc, Yc, mask, eps=eps)) for (Xc, Yc), mask in _chunks(X, Y)
+    )
+    return total / len(X)

@@ -40,6 +40,7 @@ class ClusterConfig:
     num_processes: int  # processes in the run, one per machine (or per GPU)
     process_id: int  # this process, 0 .. num_processes-1; 0 writes checkpoints and logs
     timeout: int = 60  # seconds to wait for the coordinator and all processes, then fail
+    heartbeat_timeout: int = 100  # seconds of silence before a process is lost (JAX's default)
 
     def __post_init__(self) -> None:
         host, _, port = self.coordinator.rpartition(":")
@@ -53,8 +54,11 @@ class ClusterConfig:
             raise UsageError(
                 f"process-id must be in [0, {self.num_processes}), got {self.process_id!r}"
             )
-        if not (isinstance(self.timeout, int) and self.timeout >= 1):
-            raise UsageError(f"init-timeout must be an integer >= 1, got {self.timeout!r}")
+        for name in ("timeout", "heartbeat_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                flag = "init-timeout" if name == "timeout" else "heartbeat-timeout"
+                raise UsageError(f"{flag} must be an integer >= 1, got {value!r}")
 
 
 def cpu_cores() -> int:
@@ -94,6 +98,7 @@ def start(cpu_devices: int = 1, cluster: ClusterConfig | None = None) -> None:
             cluster.num_processes,
             cluster.process_id,
             initialization_timeout=cluster.timeout,
+            heartbeat_timeout_seconds=cluster.heartbeat_timeout,
         )
     except Exception as e:  # XLA's errors say what timed out in many lines; one is enough here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -247,3 +252,17 @@ def fetch(tree: Any) -> Any:
 def is_main_process() -> bool:
     """Process 0 writes checkpoints, plots and logs; the others compute the same and stay quiet."""
     return jax.process_index() == 0
+
+
+def lost_process(error: Exception, step: int, kept: str | None) -> str:
+    """The one line of a run whose collective failed: a peer died (on CPUs gloo reports it at
+    once; where a collective hangs instead, JAX's heartbeat timeout ends the run)."""
+    n, me = jax.process_count(), jax.process_index()
+    who = f"process {1 - me}" if n == 2 else f"another of the {n} processes"
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    then = (
+        f"the last checkpoint is {kept}: start every process again with --resume"
+        if kept
+        else "no checkpoint was written yet: start the run again"
+    )
+    return f"process {me} lost {who} at step {step} ({first}); {then}"

@@ -15,10 +15,13 @@ BatchNorm statistics and the gradients all-reduced inside the hand-written backw
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import replace
-from functools import lru_cache, partial
+from functools import lru_cache, partial, wraps
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
@@ -33,7 +37,7 @@ from jaxninja import checkpoint, parallel
 from jaxninja.backward import backward_fused
 from jaxninja.config import ModelConfig, TrainConfig, check_batch_size
 from jaxninja.data import Vocab
-from jaxninja.errors import Interrupted, UsageError
+from jaxninja.errors import Interrupted, LostProcess, UsageError
 from jaxninja.fileio import atomic_path
 from jaxninja.model import (
     PARAMS,
@@ -276,6 +280,19 @@ def run_mesh(tc: TrainConfig, n_models: int, devices: int | None) -> Mesh | None
     return parallel.make_mesh(devices, DATA) if devices > 1 else None
 
 
+def _holding_out_dir(fn: Callable) -> Callable:
+    """Run `fn` as the only writer of its out_dir: process 0, see checkpoint.hold_run_dir."""
+
+    @wraps(fn)
+    def held(mc, tc, data, vocab, out_dir, **kw):
+        hold = checkpoint.hold_run_dir(out_dir) if parallel.is_main_process() else nullcontext()
+        with hold:
+            return fn(mc, tc, data, vocab, out_dir, **kw)
+
+    return held
+
+
+@_holding_out_dir
 def train(
     mc: ModelConfig,
     tc: TrainConfig,
@@ -378,8 +395,8 @@ def train(
         return ckpts
 
     bar = _progress(tc.steps, step, progress and main)
-    try:
-        while step < tc.steps:
+    with _Stop() as stop:
+        while step < tc.steps and not stop.requested():
             next_stop = (step // tc.checkpoint_every + 1) * tc.checkpoint_every
             n = min(tc.chunk_steps, tc.steps - step, next_stop - step)
             if n not in compiled:
@@ -387,13 +404,18 @@ def train(
                 compiled[n] = run.lower(state, step, X_run, Y_run, n_steps=n).compile()
                 compile_seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
-            new_state, chunk_losses, finite = compiled[n](state, step, X_run, Y_run)
-            chunk_losses = parallel.fetch(chunk_losses).reshape(n, seeds)
+            try:
+                new_state, chunk_losses, finite = compiled[n](state, step, X_run, Y_run)
+                chunk_losses = parallel.fetch(chunk_losses).reshape(n, seeds)
+            except jax.errors.JaxRuntimeError as e:  # a collective whose peer is gone
+                if jax.process_count() == 1:
+                    raise
+                raise LostProcess(parallel.lost_process(e, step, last_saved)) from None
             train_seconds += time.perf_counter() - t0
             if not (np.isfinite(chunk_losses).all() and bool(parallel.fetch(finite))):
                 raise UsageError(_diverged(chunk_losses, step, model_seeds, last_saved))
+            losses.append(chunk_losses)  # the loss log before the step: they always agree
             state, step = new_state, step + n
-            losses.append(chunk_losses)
             bar.update(n)
             bar.set_postfix(loss=f"{chunk_losses.mean():.4f}")
             if step % tc.checkpoint_every == 0 and step < tc.steps:
@@ -405,15 +427,11 @@ def train(
                 )
                 if main:
                     (bar.write if progress else log)(message)
-    except KeyboardInterrupt:
-        bar.close()
-        save(step)
-        _plot_all(losses, dirs, main)
-        raise Interrupted(
-            f"interrupted at step {step}: saved {dirs[0] / checkpoint.filename(step)}"
-            f"{' and the other seeds' if seeds > 1 else ''}; continue with "
-            f"`jaxninja train --out {out_dir}{f' --seeds {seeds}' if seeds > 1 else ''} --resume`"
-        ) from None
+        if step < tc.steps:  # stopped by a signal: save, say how to resume
+            bar.close()
+            save(step)
+            _plot_all(losses, dirs, main)
+            raise Interrupted(_stopped(stop.signum, step, dirs, out_dir, seeds), stop.signum)
     bar.close()
     host_params = parallel.fetch(state.params)
     calibrated = []
@@ -424,6 +442,56 @@ def train(
     _plot_all(losses, dirs, main)
     paths = [d / checkpoint.filename(step) for d in dirs]
     return TrainResult(final, paths, train_seconds, compile_seconds, step - steps_before)
+
+
+class _Stop:
+    """Ctrl-C and SIGTERM (what schedulers send before they kill a job) as a request that the
+    loop answers between chunks, by saving and stopping, instead of as an exception anywhere.
+
+    In one process, handlers record the signal. In a multi-process run SIGTERM belongs to JAX's
+    preemption service, which hears it in any process and tells them all: `requested` asks its
+    sync point once per chunk, and every process stops after the same chunk.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._chunks = 0  # the preemption service's step: the same count in every process
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():
+            mine = [signal.SIGINT] + ([signal.SIGTERM] if jax.process_count() == 1 else [])
+            self._previous = {s: signal.signal(s, self._record) for s in mine}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def requested(self) -> bool:
+        """Whether to stop before the next chunk; asked once per chunk."""
+        if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(self._chunks):
+            self.signum = signal.SIGTERM
+        self._chunks += 1
+        return self.signum is not None
+
+
+def _stopped(signum: int, step: int, dirs: list[Path], out_dir: Path, seeds: int) -> str:
+    """The one line of a run stopped by a signal: where it saved, and how to resume."""
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    if jax.process_count() > 1:
+        who = "saved " if parallel.is_main_process() else "process 0 saved "
+        return (
+            f"{how} at step {step} with every process: {who}{dirs[0] / checkpoint.filename(step)}; "
+            "to continue, start every process again with its flags and --resume"
+        )
+    others = " and the other seeds" if seeds > 1 else ""
+    again = f"jaxninja train --out {out_dir}{f' --seeds {seeds}' if seeds > 1 else ''} --resume"
+    saved = dirs[0] / checkpoint.filename(step)
+    return f"{how} at step {step}: saved {saved}{others}; continue with `{again}`"
 
 
 def _diverged(losses: np.ndarray, step: int, seeds: tuple[int, ...], kept: Path | None) -> str:

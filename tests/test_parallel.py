@@ -189,37 +189,6 @@ def test_cluster_config_rejects(args, message):
         ClusterConfig(*args)
 
 
-def test_two_processes_compute_what_one_does(splits, tmp_path):
-    """Two processes on 127.0.0.1, one CPU device each, gloo all-reduces: the same run."""
-    steps = ["--steps", "40", "--checkpoint-every", "20", "--n-hidden", "64", "--no-progress"]
-    coordinator = f"127.0.0.1:{free_port()}"
-
-    def launch(i: int) -> subprocess.Popen:
-        cmd = [
-            sys.executable, "-m", "jaxninja", "train", *steps, "--out", str(tmp_path / f"p{i}"),
-            "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i),
-            "--init-timeout", "60",
-        ]  # fmt: skip
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    procs = [launch(0), launch(1)]
-    outs = [p.communicate(timeout=240) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    assert "split loss" in outs[0][0] and "split loss" not in outs[1][0]  # process 0 reports
-    assert not (tmp_path / "p1").exists()  # only process 0 writes
-    from jaxninja import checkpoint
-
-    two = checkpoint.load(tmp_path / "p0")
-    one = train(
-        replace(MC, n_hidden=64), replace(TC, steps=40, checkpoint_every=20),
-        splits.data["train"], splits.vocab, tmp_path / "one", progress=False,
-    ).checkpoint  # fmt: skip
-    assert two.step == one.step == 40
-    assert np.abs(two.losses - one.losses).max() <= 1e-5
-    for k in PARAMS:
-        assert np.abs(two.params[k] - one.params[k]).max() <= 1e-5, k
-
-
 def test_seeds_cli_end_to_end(names_path, tmp_path, capsys):
     out = tmp_path / "many"
     args = ["train", "--data", str(names_path), "--out", str(out), "--n-hidden", "32",

@@ -1,5 +1,7 @@
 """Training (exercise 4): resume, divergence, Ctrl-C, checkpoints, sampling, replay in PyTorch."""
 
+import os
+import signal
 import subprocess
 import sys
 
@@ -54,8 +56,8 @@ def test_ctrl_c_saves_and_resumes(splits, tmp_path, monkeypatch):
 
         def update(n):
             calls.append(n)
-            if len(calls) == 2:
-                raise KeyboardInterrupt
+            if len(calls) == 2:  # a real Ctrl-C, during the loop
+                os.kill(os.getpid(), signal.SIGINT)
 
         bar.update = update
         return bar
@@ -72,7 +74,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(splits, tmp_path):
     tc = TrainConfig(**{**TC.__dict__, "lr_decay_step": 100, "lr_decay": 1e30})  # lr 1e29 at 100
     with pytest.raises(UsageError, match=r"loss became nan at step 101; lower --lr. kept .*0100"):
         run(splits, tmp_path, tc=tc)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000100.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "ckpt-0000100.safetensors"]
     assert checkpoint.load(tmp_path).step == 100
 
 
@@ -80,7 +82,7 @@ def test_divergence_before_any_checkpoint(splits, tmp_path):
     tc = TrainConfig(**{**TC.__dict__, "lr": 1e30})
     with pytest.raises(UsageError, match="no checkpoint was written"):
         run(splits, tmp_path, tc=tc)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".lock"]  # no checkpoint
 
 
 def test_lr_schedule_is_exactly_0_01():
@@ -251,3 +253,29 @@ def test_replay_parity_with_the_notebook_loop(splits, tmp_path, steps):
         a = split_loss(to_device(ours.params), ours.bn, *splits.data[s])
         b = torch_ref.split_loss(params, bnmean, bnvar, *splits.data[s])
         assert abs(a - b) < 1e-3, (s, a, b)
+
+
+@pytest.mark.parametrize("chunk", [None, 1000])  # one chunk and a padded last; 183 chunks
+def test_streamed_evaluation_is_the_all_at_once_one(trained, splits, monkeypatch, chunk):
+    """Calibration and split losses over chunks equal the whole split at once, in float64."""
+    import jaxninja.model as model
+
+    if chunk:
+        monkeypatch.setattr(model, "EVAL_CHUNK", chunk)
+    p = {k: np.asarray(v, np.float64) for k, v in trained.checkpoint.params.items()}
+    X, _ = splits.data["train"]
+    hprebn = p["C"][X].reshape(len(X), -1) @ p["W1"] + p["b1"]
+    bn = model.calibrate_bn(to_device(trained.checkpoint.params), X)
+    assert np.abs(np.asarray(bn.mean) - hprebn.mean(0)).max() <= 1e-6 * np.abs(hprebn).max()
+    assert np.abs(np.asarray(bn.var) / hprebn.var(0, ddof=1) - 1).max() <= 1e-6
+    for split in ("train", "val"):
+        Xs, Ys = splits.data[split]
+        h = np.tanh(
+            p["bngain"] * ((p["C"][Xs].reshape(len(Xs), -1) @ p["W1"] + p["b1"]) - hprebn.mean(0))
+            / np.sqrt(hprebn.var(0, ddof=1) + 1e-5) + p["bnbias"]
+        )  # fmt: skip
+        logits = h @ p["W2"] + p["b2"]
+        logits -= logits.max(1, keepdims=True)
+        nll = np.log(np.exp(logits).sum(1)) - logits[np.arange(len(Ys)), Ys]
+        got = split_loss(to_device(trained.checkpoint.params), bn, Xs, Ys)
+        assert abs(got - nll.mean()) <= 1e-6, (split, got, nll.mean())
