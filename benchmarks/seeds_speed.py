@@ -24,6 +24,8 @@ import statistics
 import tempfile
 import time
 
+from flops import limit_line, matmul_flops_per_s, step_flops
+
 
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -82,9 +84,15 @@ def main() -> None:
         f"({devices[0].device_kind}), {parallel.cpu_cores()} cores; {args.steps} steps a run; "
         f"medians of {args.repeats} for (a) and (c)"
     )
-    print(f"{'run':36s} {'µs/model-step':>14s} {'throughput vs (a)':>18s}")
+    flops = step_flops(tc.batch_size, mc.block_size, mc.n_embd, mc.n_hidden, mc.vocab_size)
+    limit_us = flops / matmul_flops_per_s() * 1e6
+    print(limit_line(flops, flops / limit_us * 1e6))
+    print(
+        f"{'run':36s} {'µs/model-step':>14s} {'throughput vs (a)':>18s} {'x the FLOP limit':>17s}"
+    )
     for name, us in results.items():
-        print(f"{name:36s} {us:14.1f} {a / us:17.2f}x")
+        print(f"{name:36s} {us:14.1f} {a / us:17.2f}x {us / limit_us:16.1f}x")
+    results["FLOP limit µs/model-step"] = limit_us
     print(f"cores busy during (c): {busy:.2f} (CPU seconds per wall second)")
     print("(a) runs: " + ", ".join(f"{x:.1f}" for x in alone))
     print("(c) runs: " + ", ".join(f"{x:.1f}" for x in together))

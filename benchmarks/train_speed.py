@@ -22,6 +22,7 @@ import tempfile
 import time
 
 import numpy as np
+from flops import limit_line, matmul_flops_per_s, step_flops
 
 
 def time_torch(step, p, X, Y, steps: int, repeats: int, batch_size: int = 32) -> float:
@@ -138,12 +139,16 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, jax {jax.__version__} on "
           f"{device.platform} ({device.device_kind}), torch {torch.__version__} with "
           f"{torch.get_num_threads()} threads")  # fmt: skip
-    print(f"{'loop':38s} {'µs/step':>9s} {'vs jaxninja':>12s}")
+    flops = step_flops(32, mc.block_size, mc.n_embd, mc.n_hidden, mc.vocab_size)
+    limit_us = flops / matmul_flops_per_s() * 1e6
+    print(limit_line(flops, flops / limit_us * 1e6))
+    print(f"{'loop':38s} {'µs/step':>9s} {'vs jaxninja':>12s} {'x the FLOP limit':>17s}")
     for name, us in results.items():
         if isinstance(us, str):
             print(f"{name:38s} {us}")
         else:
-            print(f"{name:38s} {us:9.1f} {us / jax_us:11.1f}x")
+            print(f"{name:38s} {us:9.1f} {us / jax_us:11.1f}x {us / limit_us:16.1f}x")
+    results["FLOP limit µs/step"] = limit_us
     if args.full:
         from jaxninja.train import train
 

@@ -146,6 +146,29 @@ def seed_runs(out_dir: str | os.PathLike) -> dict[int, Path]:
     return {seed: found[seed] for seed in sorted(found) if latest(found[seed])}
 
 
+def load_run(out_dir: str | os.PathLike, models: int = 1) -> list[Checkpoint]:
+    """The latest checkpoints of a run to resume, loaded once: out_dir's (one model), or each
+    seed-* directory's (a run of `models` seeds), checked to be one run at one step."""
+    out_dir = Path(out_dir)
+    found = seed_runs(out_dir)
+    if found and len(found) != models:
+        first = next(iter(found))
+        raise UsageError(
+            f"--resume: {out_dir} holds a run of {len(found)} seeds from {first}: "
+            f"pass --seeds {len(found)} --seed {first}"
+        )
+    paths = [latest(d) for d in found.values()] if models > 1 else [latest(out_dir)]
+    if not found and (models > 1 or paths[0] is None):
+        raise UsageError(f"--resume: {out_dir} holds no checkpoint to resume from")
+    ckpts = [load(path) for path in paths]
+    if len({c.step for c in ckpts}) > 1:
+        raise UsageError(
+            f"the seeds' checkpoints in {out_dir} are at different steps: resume each seed-* "
+            "directory alone, or start anew"
+        )
+    return ckpts
+
+
 def resolve(path: str | os.PathLike) -> Path:
     """A checkpoint file, or the latest checkpoint of a run directory."""
     path = Path(path)

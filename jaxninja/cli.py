@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
+from jaxninja.config import DEFAULT_LR, OPTIMIZERS, ModelConfig, TrainConfig, training_model
 from jaxninja.errors import Interrupted, LostProcess, UsageError
 
 
@@ -61,12 +62,26 @@ def _add_data_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_model_flags(p: argparse.ArgumentParser, n_hidden: int) -> None:
-    p.add_argument("--block-size", type=_positive_int, default=3, help="context length (3)")
-    p.add_argument("--n-embd", type=_positive_int, default=10, help="embedding size (10)")
-    p.add_argument(
-        "--n-hidden", type=_positive_int, default=n_hidden, help=f"hidden units ({n_hidden})"
-    )
+MODEL_FLAGS = {
+    "block_size": "context length",
+    "n_embd": "embedding size",
+    "n_hidden": "hidden units",
+}
+
+
+def _add_model_flags(
+    p: argparse.ArgumentParser, shown, with_defaults: bool = True, names=tuple(MODEL_FLAGS)
+) -> None:
+    """The model's size flags, their help read off the config `shown`. Without defaults (train)
+    a flag left out is None: the config's default, or the checkpoint's on --resume."""
+    for name in names:
+        value = getattr(shown, name)
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=_positive_int,
+            default=value if with_defaults else None,
+            help=f"{MODEL_FLAGS[name]} ({value})",
+        )
 
 
 def _positive_float(text: str) -> float:
@@ -95,13 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="show (default): vocabulary and split sizes; download: fetch names.txt",
     )
     _add_data_flag(p)
-    p.add_argument("--block-size", type=_positive_int, default=3, help="context length (3)")
+    _add_model_flags(p, ModelConfig(), names=("block_size",))
     p.add_argument("--url", default=None, help="download from this address instead")
     p.add_argument("--force", action="store_true", help="download even if the file exists")
 
     p = sub.add_parser("check", help="verify the manual backward three ways; print the cmp table")
     _add_data_flag(p)
-    _add_model_flags(p, n_hidden=64)
+    _add_model_flags(p, ModelConfig())
     p.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -136,17 +151,25 @@ def build_parser() -> argparse.ArgumentParser:
     # train: every default None here means "TrainConfig's default, or the checkpoint's on --resume"
     p = sub.add_parser("train", help="train on the manual gradients (exercise 4), then evaluate")
     _add_data_flag(p)
-    p.add_argument("--steps", type=_positive_int, help="training steps (200000)")
-    p.add_argument("--batch-size", type=_positive_int, help="batch size (32)")
-    p.add_argument("--lr", type=_positive_float, help="initial learning rate (sgd 0.1, adam 1e-3)")
-    p.add_argument("--lr-decay-step", type=_nonnegative_int, help="step of the decay (100000)")
-    p.add_argument("--lr-decay", type=_positive_float, help="factor of the decay (0.1)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), help="sgd (the notebook's) or adam")
-    p.add_argument("--block-size", type=_positive_int, help="context length (3)")
-    p.add_argument("--n-embd", type=_positive_int, help="embedding size (10)")
-    p.add_argument("--n-hidden", type=_positive_int, help="hidden units (200)")
-    p.add_argument("--seed", type=_nonnegative_int, help="initialisation and batches (2147483647)")
-    p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints")
+    lrs = ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+    for flag, kind, what in (
+        ("steps", _positive_int, "training steps"),
+        ("batch_size", _positive_int, "batch size"),
+        ("lr", _positive_float, f"initial learning rate ({lrs})"),
+        ("lr_decay_step", _nonnegative_int, "the step from which the rate is lr * lr-decay"),
+        ("lr_decay", _positive_float, "factor of the decay"),
+        ("seed", _nonnegative_int, "initialisation and batches"),
+        ("checkpoint_every", _positive_int, "steps between checkpoints"),
+    ):
+        default = getattr(TrainConfig, flag)
+        shown = "" if default is None else f" ({default})"
+        p.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"{what}{shown}")
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help=f"sgd (the notebook's) or adam ({TrainConfig.optimizer})",
+    )
+    _add_model_flags(p, training_model(), with_defaults=False)
     p.add_argument("--out", default="out", help="run directory for checkpoints and plot (out)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -244,7 +267,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from jaxninja import data, verify
-    from jaxninja.config import ModelConfig, check_batch_size
+    from jaxninja.config import check_batch_size
 
     if args.candidate or args.exercise:
         return _grade(args)
@@ -301,57 +324,25 @@ def _cluster(args: argparse.Namespace):
     )  # fmt: skip
 
 
-def _start_jax(args: argparse.Namespace) -> None:
-    """Split the CPU into devices and join the cluster, before JAX computes anything."""
-    from jaxninja import parallel
+def _run_plan(args: argparse.Namespace):
+    """The flags' device and process plan (parallel.RunPlan, which decides)."""
+    from jaxninja.parallel import RunPlan
 
-    cluster = _cluster(args)
-    processes = cluster.num_processes if cluster else 1
-    if args.devices is None:
-        per_process = parallel.cpu_cores() if args.seeds > 1 else 1
-    elif args.devices % processes:
-        raise UsageError(
-            f"--devices {args.devices} does not split evenly over {processes} processes"
-        )
-    else:
-        per_process = args.devices // processes
-    parallel.start(per_process, cluster)
+    return RunPlan(args.seeds, args.devices, _cluster(args))
 
 
-def _resume_from(args: argparse.Namespace):
-    """The checkpoint whose configs a --resume continues: the run's, or its first seed's."""
-    from jaxninja import checkpoint
-
-    if args.seeds == 1:
-        return checkpoint.latest(args.out)
-    first = next(iter(checkpoint.seed_runs(args.out).values()), None)
-    return checkpoint.latest(first) if first else None
-
-
-def _train_configs(args: argparse.Namespace, vocab_size: int):
+def _train_configs(args: argparse.Namespace, vocab_size: int, resume):
     """Flags onto ModelConfig and TrainConfig; on --resume the checkpoint's values fill the gaps."""
-    from jaxninja import checkpoint
-    from jaxninja.config import ModelConfig, TrainConfig
-
-    model = ModelConfig(vocab_size=vocab_size, n_hidden=200)
-    train = TrainConfig()
-    if args.resume and (found := _resume_from(args)):
-        ckpt = checkpoint.load(found)
-        model, train = ckpt.model, ckpt.train
-    model_flags = {k: getattr(args, k) for k in ("block_size", "n_embd", "n_hidden")}
-    train_flags = {
-        k: getattr(args, k)
-        for k in (
-            "steps", "batch_size", "lr", "lr_decay_step", "lr_decay", "optimizer", "seed",
-            "checkpoint_every",
-        )
-    }  # fmt: skip
-    if args.optimizer == "adam" and args.lr is None and not args.resume:
-        train_flags["lr"] = 1e-3
-    model = replace(
-        model, vocab_size=vocab_size, **{k: v for k, v in model_flags.items() if v is not None}
-    )
-    train_flags = {k: v for k, v in train_flags.items() if v is not None}
+    model, train = training_model(vocab_size=vocab_size), TrainConfig()
+    if resume:
+        model, train = resume[0].model, resume[0].train
+    model_flags = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+    names = ("steps", "batch_size", "lr", "lr_decay_step", "lr_decay", "optimizer", "seed",
+             "checkpoint_every")  # fmt: skip
+    train_flags = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if "optimizer" in train_flags and "lr" not in train_flags and not args.resume:
+        train_flags["lr"] = None  # the chosen optimizer's default (config.DEFAULT_LR)
+    model = replace(model, vocab_size=vocab_size, **model_flags)
     return model, replace(train, **train_flags)
 
 
@@ -364,14 +355,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     path = data.resolve_data_path(args.data)
     words = data.read_words(path)
     vocab = data.Vocab.from_words(words)
-    model_cfg, train_cfg = _train_configs(args, vocab.size)
+    resume = checkpoint.load_run(args.out, args.seeds) if args.resume else None
+    model_cfg, train_cfg = _train_configs(args, vocab.size, resume)
     writes = args.process_id in (None, 0)
     with checkpoint.hold_run_dir(args.out) if writes else nullcontext():
-        _start_jax(args)
-        return _train_and_report(args, path, words, vocab, model_cfg, train_cfg)
+        _run_plan(args).start()
+        return _train_and_report(args, path, words, vocab, model_cfg, train_cfg, resume)
 
 
-def _train_and_report(args, path, words, vocab, model_cfg, train_cfg) -> int:
+def _train_and_report(args, path, words, vocab, model_cfg, train_cfg, resume) -> int:
     from jaxninja import data, parallel
     from jaxninja.model import to_device
     from jaxninja.sample import sample_names
@@ -385,7 +377,7 @@ def _train_and_report(args, path, words, vocab, model_cfg, train_cfg) -> int:
     say(f"training {many}{train_cfg.steps} steps of {train_cfg.optimizer} on {path}: {model_cfg}")
     result = train(
         model_cfg, train_cfg, splits.data["train"], vocab, args.out, seeds=args.seeds,
-        devices=args.devices, resume=args.resume, progress=not args.no_progress and main,
+        devices=args.devices, resume=resume or False, progress=not args.no_progress and main,
         log=say, backward=backward,
     )  # fmt: skip
     if result.steps_run:

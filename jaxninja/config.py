@@ -1,7 +1,8 @@
-"""Configuration: frozen dataclasses, one comment per default.
+"""Configuration: frozen dataclasses, one comment per default; the only home of every default
+(the CLI's flags and their help texts are read off them).
 
-The defaults are the notebook's (makemore part 4) for the gradient checks; training overrides
-`n_hidden` to 200 as the notebook's exercise 4 does.
+ModelConfig's defaults are the notebook's for the gradient checks; its exercise 4 trains a wider
+hidden layer, TRAINING_N_HIDDEN, which `training_model` applies.
 """
 
 from dataclasses import dataclass
@@ -34,6 +35,14 @@ class ModelConfig:
             raise UsageError(f"eps must be > 0, got {self.eps!r}")
 
 
+TRAINING_N_HIDDEN = 200  # the hidden layer of the notebook's exercise 4 (its checks use 64)
+
+
+def training_model(**fields) -> ModelConfig:
+    """The model exercise 4 trains: the notebook's, with its wider hidden layer."""
+    return ModelConfig(**{"n_hidden": TRAINING_N_HIDDEN, **fields})
+
+
 def check_batch_size(batch_size: int, n_examples: int | None = None, split: str = "train") -> None:
     """BatchNorm's Bessel-corrected variance divides by n-1, so a batch needs two examples."""
     if not isinstance(batch_size, int) or batch_size < 2:
@@ -48,13 +57,14 @@ def check_batch_size(batch_size: int, n_examples: int | None = None, split: str 
 
 
 OPTIMIZERS = ("sgd", "adam")
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}  # the notebook's SGD rate; Adam's customary one
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 200_000  # SGD steps, the notebook's exercise 4
     batch_size: int = 32  # examples per step, drawn with replacement from the train split
-    lr: float = 0.1  # initial learning rate
+    lr: float | None = None  # initial learning rate; None: DEFAULT_LR of the optimizer
     lr_decay_step: int = 100_000  # the step from which the rate is lr * lr_decay
     lr_decay: float = 0.1  # so 0.1 -> 0.01, the notebook's schedule
     optimizer: str = "sgd"  # sgd (the notebook's) or adam (optax), both on the manual gradients
@@ -64,6 +74,10 @@ class TrainConfig:
     bn_momentum: float = 0.001  # running BatchNorm statistics, as in makemore part 3
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
         for name in ("steps", "chunk_steps", "checkpoint_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -75,8 +89,6 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value < float("inf")):
                 raise UsageError(f"{name.replace('_', '-')} must be a number > 0, got {value!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
             # jax.random.key keeps 32 bits without x64: larger seeds would collide
             raise UsageError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")

@@ -207,6 +207,79 @@ def _refusal(words: list[str], n: int, peers: dict[int, socket.socket]) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """Where a run's models and batches go: the one home of every device and process decision.
+
+    The CLI asks it how to start JAX (`start`); train asks it for the mesh (`mesh`).
+    """
+
+    models: int = 1  # --seeds: models trained at once, vmapped, split over a `seeds` axis
+    devices: int | None = None  # --devices, over all processes; None: the default for the run
+    cluster: ClusterConfig | None = None  # a multi-process run's process, or None
+
+    def __post_init__(self) -> None:
+        for name in ("models", "devices"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
+
+    @property
+    def processes(self) -> int:
+        return self.cluster.num_processes if self.cluster else 1
+
+    def cpu_devices_per_process(self) -> int:
+        """What to split each process's CPU into: all of --devices' share; for many models by
+        default one device per core (one CPU device keeps about one core busy)."""
+        if self.devices is None:
+            return cpu_cores() if self.models > 1 else 1
+        if self.devices % self.processes:
+            raise UsageError(
+                f"--devices {self.devices} does not split evenly over {self.processes} processes"
+            )
+        return self.devices // self.processes
+
+    def start(self) -> None:
+        """Before any JAX computation: split the CPU, join the cluster."""
+        start(self.cpu_devices_per_process(), self.cluster)
+
+    def mesh(self, batch_size: int) -> Mesh | None:
+        """The mesh of the run (JAX started): a `seeds` axis for many models, a `data` axis for
+        one model's batch over several devices, or None for one model on one device."""
+        devices = self.devices
+        if devices is not None:
+            check_device_count(devices)
+        if self.models > 1:
+            if jax.process_count() > 1:
+                raise UsageError(
+                    "--seeds runs in one process: start one run per machine, each with its own "
+                    "--seed"
+                )
+            if devices is None:  # as many as divide the models evenly
+                have = min(jax.device_count(), self.models)
+                devices = max(d for d in range(1, have + 1) if self.models % d == 0)
+            elif self.models % devices:
+                raise UsageError(
+                    f"--seeds {self.models} does not split evenly over --devices {devices}: "
+                    "choose a device count that divides the number of seeds"
+                )
+            return make_mesh(devices, SEEDS)
+        if jax.process_count() > 1:
+            if devices not in (None, jax.device_count()):
+                raise UsageError(
+                    f"a multi-process run uses all {jax.device_count()} devices of its "
+                    f"processes, not --devices {devices}: give each process the same share"
+                )
+            devices = jax.device_count()
+        devices = devices or 1
+        if batch_size % devices:
+            raise UsageError(
+                f"the batch of {batch_size} does not split evenly over {devices} devices: "
+                "choose a --batch-size that the device count divides"
+            )
+        return make_mesh(devices, DATA) if devices > 1 else None
+
+
 def check_device_count(n: int) -> None:
     """At least `n` devices exist (over all processes)."""
     have, platform = jax.device_count(), jax.default_backend()

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import lru_cache, partial, wraps
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -68,20 +68,24 @@ def make_optimizer(tc: TrainConfig, dtype: str) -> optax.GradientTransformation:
     return optax.sgd(schedule) if tc.optimizer == "sgd" else optax.adam(schedule)
 
 
-def step_indices(key: jax.Array, step: jax.Array, n_examples: int, batch_size: int) -> jax.Array:
-    """The batch of a step: (B,) indices into the train split, a function of the step alone.
+def batches(seed: int | jax.Array, steps: jax.Array, n_examples: int, batch_size: int) -> jax.Array:
+    """The batch stream, the one both training and a replay read: (len(steps), B) indices into
+    the train split, step s's batch a function of the seed and s alone (so a resumed run draws
+    what an uninterrupted one would). int32 whatever jax_enable_x64 says: 64-bit draws would be
+    another stream."""
+    key = jax.random.key(seed)
 
-    int32 whatever jax_enable_x64 says: 64-bit draws would give another stream under x64.
-    """
-    key = jax.random.fold_in(key, step)
-    return jax.random.randint(key, (batch_size,), 0, n_examples, dtype=jnp.int32)
+    def one(step: jax.Array) -> jax.Array:
+        k = jax.random.fold_in(key, step)
+        return jax.random.randint(k, (batch_size,), 0, n_examples, dtype=jnp.int32)
+
+    return jax.vmap(one)(steps)
 
 
 def batch_indices(seed: int, steps: int, n_examples: int, batch_size: int) -> np.ndarray:
     """(steps, B): the indices training draws at steps 0..steps-1 (to replay them elsewhere)."""
-    key = jax.random.key(seed)
-    draw = jax.vmap(lambda s: step_indices(key, s, n_examples, batch_size))
-    return np.asarray(jax.jit(draw)(jnp.arange(steps)))
+    draw = jax.jit(batches, static_argnums=(2, 3))
+    return np.asarray(draw(seed, jnp.arange(steps), n_examples, batch_size))
 
 
 def init_state(mc: ModelConfig, tc: TrainConfig) -> TrainState:
@@ -180,9 +184,8 @@ def chunk_runner(
         # each device draws and gathers only its own models' batches, or its slice of the batch.
         steps = start + jnp.arange(n_steps)
 
-        def draw(seed):  # (n, B): a model's batches, a function of its seed and the step alone
-            key = jax.random.key(seed)
-            return jax.vmap(lambda s: step_indices(key, s, X.shape[0], tc.batch_size))(steps)
+        def draw(seed):  # (n, B): a model's batches
+            return batches(seed, steps, X.shape[0], tc.batch_size)
 
         if many:
             ix = jax.vmap(draw, out_axes=1)(model_seeds)  # (n, K, B), K this device's models
@@ -228,14 +231,80 @@ class TrainResult(NamedTuple):
         return self.paths[0]
 
 
+class Plan(NamedTuple):
+    """A run, decided once: its models (configs and directories), the mesh, the jitted chunk."""
+
+    mc: ModelConfig
+    configs: tuple[TrainConfig, ...]  # one per model, seeded tc.seed, tc.seed + 1, ...
+    dirs: tuple[Path, ...]  # each model's run directory: out_dir, or out_dir/seed-<seed>
+    out_dir: Path
+    vocab: Vocab
+    mesh: Mesh | None  # a `seeds` or `data` axis, or None: one model on one device
+    runner: Callable  # chunk_runner's jitted (state, start, X, Y, n_steps) -> ...
+
+    @property
+    def models(self) -> int:
+        return len(self.configs)
+
+    @property
+    def steps(self) -> int:
+        return self.configs[0].steps
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the loop advances it, `save_all` writes it."""
+
+    step: int
+    state: TrainState  # placed: on the mesh, or the device; a leading model axis for many
+    losses: list[np.ndarray]  # the loss log in (n, models) pieces
+    last_saved: Path | None  # the latest checkpoint on disk
+    train_seconds: float = 0.0
+    compile_seconds: float = 0.0
+
+
+def plan_run(mc, tc, data, vocab, out_dir, where: parallel.RunPlan, backward) -> Plan:
+    check_batch_size(tc.batch_size, len(data[0]))
+    configs = tuple(replace(tc, seed=s) for s in seeds_of(tc, where.models))
+    out_dir = Path(out_dir)
+    dirs = (
+        (out_dir,)
+        if len(configs) == 1
+        else tuple(checkpoint.seed_dir(out_dir, c.seed) for c in configs)
+    )
+    mesh = where.mesh(tc.batch_size)
+    if backward is not None and mesh is not None and len(configs) == 1:
+        raise UsageError("--backward trains on one device: drop --devices")
+    return Plan(
+        mc, configs, dirs, out_dir, vocab, mesh, chunk_runner(mc, tc, len(configs), mesh, backward)
+    )
+
+
+def start(plan: Plan, resume: list[checkpoint.Checkpoint] | None, say: Callable) -> Progress:
+    """A fresh run's first state, or the state of the checkpoints it resumes from."""
+    if resume is None:
+        if checkpoint.latest(plan.out_dir) or checkpoint.seed_runs(plan.out_dir):
+            raise UsageError(
+                f"{plan.out_dir} already holds checkpoints: pass --resume to continue, "
+                "or choose another --out"
+            )
+        return Progress(0, _placed(plan, [init_state(plan.mc, c) for c in plan.configs]), [], None)
+    for cfg, ckpt in zip(plan.configs, resume, strict=True):
+        checkpoint.check_vocab(ckpt, plan.vocab, "the data")
+        _check_resume(plan.mc, cfg, ckpt)
+    step, last = resume[0].step, checkpoint.latest(plan.dirs[0])
+    say(f"resuming from {last if plan.models == 1 else plan.out_dir} at step {step}")
+    states = [state_from_checkpoint(c) for c in resume]
+    return Progress(step, _placed(plan, states), [np.stack([c.losses for c in resume], 1)], last)
+
+
 def _check_resume(mc: ModelConfig, tc: TrainConfig, ckpt: checkpoint.Checkpoint) -> None:
     if ckpt.model != mc:
         raise UsageError(
             f"the run's model config differs from the checkpoint's ({ckpt.model}): "
             "drop the flags that change it, or train into another --out"
         )
-    theirs = replace(ckpt.train, steps=tc.steps)
-    if theirs != tc:
+    if replace(ckpt.train, steps=tc.steps) != tc:
         raise UsageError(
             "the run's training config differs from the checkpoint's (only --steps "
             "may change on --resume): drop the other flags, or use another --out"
@@ -244,40 +313,65 @@ def _check_resume(mc: ModelConfig, tc: TrainConfig, ckpt: checkpoint.Checkpoint)
         raise UsageError(f"the checkpoint is at step {ckpt.step}, beyond --steps {tc.steps}")
 
 
-def run_mesh(tc: TrainConfig, n_models: int, devices: int | None) -> Mesh | None:
-    """The mesh a run of n_models models uses on `devices` devices (None: see `train`)."""
-    if devices is not None:
-        if not (isinstance(devices, int) and devices >= 1):
-            raise UsageError(f"devices must be an integer >= 1, got {devices!r}")
-        parallel.check_device_count(devices)
-    if n_models > 1:
-        if jax.process_count() > 1:
-            raise UsageError(
-                "--seeds runs in one process: start one run per machine, each with its own --seed"
-            )
-        if devices is None:  # as many as divide the models evenly
-            have = jax.device_count()
-            devices = max(d for d in range(1, min(have, n_models) + 1) if n_models % d == 0)
-        elif n_models % devices:
-            raise UsageError(
-                f"--seeds {n_models} does not split evenly over --devices {devices}: "
-                "choose a device count that divides the number of seeds"
-            )
-        return parallel.make_mesh(devices, SEEDS)
-    if jax.process_count() > 1:
-        if devices not in (None, jax.device_count()):
-            raise UsageError(
-                f"a multi-process run uses all {jax.device_count()} devices of its processes, "
-                f"not --devices {devices}: give each process the same share"
-            )
-        devices = jax.device_count()
-    devices = devices or 1
-    if tc.batch_size % devices:
-        raise UsageError(
-            f"the batch of {tc.batch_size} does not split evenly over {devices} devices: "
-            "choose a --batch-size that the device count divides"
+def _placed(plan: Plan, states: list[TrainState]) -> TrainState:
+    """The models' states where the chunk runs: stacked on a model axis (split over `seeds`),
+    or the one model's, replicated over a `data` mesh or on the default device."""
+    if plan.mesh is None:
+        return states[0]
+    if plan.models == 1:
+        return parallel.place(states[0], plan.mesh)
+    return parallel.place(jax.tree.map(lambda *xs: np.stack(xs), *states), plan.mesh, SEEDS)
+
+
+def _model(tree: Any, k: int, models: int) -> Any:
+    """Model k's part of a (host) tree that holds one model, or many on a leading axis."""
+    return tree if models == 1 else jax.tree.map(lambda x: x[k], tree)
+
+
+def save_all(
+    plan: Plan, at: Progress, calibrated: list[BNStats] | None = None
+) -> list[checkpoint.Checkpoint]:
+    """Every model's checkpoint at the current step; process 0 writes them."""
+    host = parallel.fetch(at.state)
+    log_all = np.concatenate(at.losses) if at.losses else np.zeros((0, plan.models), np.float32)
+    ckpts = []
+    for k, (cfg, run_dir) in enumerate(zip(plan.configs, plan.dirs, strict=True)):
+        mine = _model(host, k, plan.models)
+        bn = BNStats(*mine.bn_running), calibrated[k] if calibrated else None
+        opt_leaves = list(jax.tree.leaves(mine.opt_state))
+        ckpt = checkpoint.Checkpoint(
+            at.step, plan.mc, cfg, plan.vocab, dict(mine.params), *bn, opt_leaves, log_all[:, k]
         )
-    return parallel.make_mesh(devices, DATA) if devices > 1 else None
+        ckpts.append(ckpt)
+        if parallel.is_main_process():
+            checkpoint.save(run_dir / checkpoint.filename(at.step), ckpts[-1])
+    at.last_saved = plan.dirs[0] / checkpoint.filename(at.step)
+    return ckpts
+
+
+def run_chunk(plan: Plan, at: Progress, X: jax.Array, Y: jax.Array, compiled: dict) -> np.ndarray:
+    """Train one chunk, up to the next checkpoint or the end; advance `at`; its losses (n, K)."""
+    every = plan.configs[0].checkpoint_every
+    n = min(plan.configs[0].chunk_steps, plan.steps - at.step, every - at.step % every)
+    if n not in compiled:
+        t0 = time.perf_counter()
+        compiled[n] = plan.runner.lower(at.state, at.step, X, Y, n_steps=n).compile()
+        at.compile_seconds += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    try:
+        state, losses, finite = compiled[n](at.state, at.step, X, Y)
+        losses = parallel.fetch(losses).reshape(n, plan.models)
+    except jax.errors.JaxRuntimeError as e:  # a collective whose peer is gone
+        if jax.process_count() == 1:
+            raise
+        raise LostProcess(parallel.lost_process(e, at.step, at.last_saved)) from None
+    at.train_seconds += time.perf_counter() - t0
+    if not (np.isfinite(losses).all() and bool(parallel.fetch(finite))):
+        seeds = tuple(c.seed for c in plan.configs)
+        raise UsageError(_diverged(losses, at.step, seeds, at.last_saved))
+    at.losses.append(losses)  # the loss log before the step: they always agree
+    at.state, at.step = state, at.step + n
+    return losses
 
 
 def _holding_out_dir(fn: Callable) -> Callable:
@@ -302,7 +396,7 @@ def train(
     *,
     seeds: int = 1,
     devices: int | None = None,
-    resume: bool = False,
+    resume: bool | list[checkpoint.Checkpoint] = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
     backward: Callable | None = None,
@@ -310,138 +404,51 @@ def train(
     """Train on (X, Y), checkpointing into out_dir; returns the final, calibrated checkpoints.
 
     `seeds` > 1 trains that many models at once (seeds tc.seed, tc.seed + 1, ...), each into its
-    own out_dir/seed-<seed>, over `devices` devices (default: as many as divide the count). With
-    one model, `devices` > 1 splits each batch over that many (default: one, or every device
-    of a multi-process run). Only process 0 writes. `backward`, an exercise-1 function (see
-    `_loss_and_grads`), replaces the fused backward; it runs on one device.
+    own out_dir/seed-<seed>; `devices` (parallel.RunPlan) spreads the models, or one model's
+    batch. `resume`: True, or the run's latest checkpoints already loaded (checkpoint.load_run).
+    Only process 0 writes. `backward`, an exercise-1 function (see `_loss_and_grads`), replaces
+    the fused backward; it runs on one device.
     """
-    out_dir = Path(out_dir)
-    X_np, Y_np = data
-    check_batch_size(tc.batch_size, len(X_np))
-    model_seeds = seeds_of(tc, seeds)
-    configs = [replace(tc, seed=s) for s in model_seeds]
-    dirs = [out_dir] if seeds == 1 else [checkpoint.seed_dir(out_dir, s) for s in model_seeds]
-    mesh = run_mesh(tc, seeds, devices)
-    if backward is not None and mesh is not None and seeds == 1:
-        raise UsageError("--backward trains on one device: drop --devices")
-    main = parallel.is_main_process()
-    say = log if main else (lambda _: None)
-    existing = [checkpoint.latest(d) for d in dirs]
-    if resume:
-        found = list(checkpoint.seed_runs(out_dir))
-        if found and found != list(model_seeds if seeds > 1 else ()):
-            raise UsageError(
-                f"--resume: {out_dir} holds a run of {len(found)} seeds from {found[0]}: "
-                f"pass --seeds {len(found)} --seed {found[0]}"
-            )
-        if None in existing:
-            missing = dirs[existing.index(None)]
-            raise UsageError(f"--resume: {missing} holds no checkpoint to resume from")
-        starts = [checkpoint.load(path) for path in existing]
-        for cfg, ckpt in zip(configs, starts, strict=True):
-            checkpoint.check_vocab(ckpt, vocab, "the data")
-            _check_resume(mc, cfg, ckpt)
-        if len({ckpt.step for ckpt in starts}) > 1:
-            raise UsageError(
-                f"the seeds' checkpoints in {out_dir} are at different steps: resume each "
-                "seed-* directory alone, or start anew"
-            )
-        step = starts[0].step
-        states = [state_from_checkpoint(ckpt) for ckpt in starts]
-        losses = [np.stack([ckpt.losses for ckpt in starts], axis=1)]  # (steps, K)
-        say(f"resuming from {existing[0] if seeds == 1 else out_dir} at step {step}")
-    else:
-        if checkpoint.latest(out_dir) or checkpoint.seed_runs(out_dir):
-            raise UsageError(
-                f"{out_dir} already holds checkpoints: pass --resume to continue, "
-                "or choose another --out"
-            )
-        step, states, losses = 0, [init_state(mc, cfg) for cfg in configs], []
-    X, Y = jnp.asarray(X_np), jnp.asarray(Y_np)
-    if mesh is None:
-        state, X_run, Y_run = states[0], X, Y
-    else:  # the models stacked and split over the seeds axis, or one model replicated
-        stacked = jax.tree.map(lambda *xs: np.stack(xs), *states) if seeds > 1 else states[0]
-        state = parallel.place(stacked, mesh, SEEDS if seeds > 1 else None)
-        X_run, Y_run = parallel.place((X_np, Y_np), mesh)
-    run = chunk_runner(mc, tc, seeds, mesh, backward)
+    plan = plan_run(mc, tc, data, vocab, out_dir, parallel.RunPlan(seeds, devices), backward)
+    say = log if parallel.is_main_process() else (lambda _: None)
+    if resume is True:
+        resume = checkpoint.load_run(plan.out_dir, plan.models)
+    at = start(plan, resume or None, say)
+    first = at.step
+    X, Y = map(jnp.asarray, data) if plan.mesh is None else parallel.place(data, plan.mesh)
     compiled: dict[int, Any] = {}
-    train_seconds = compile_seconds = 0.0
-    steps_before = step
-    last_saved: Path | None = existing[0]
-
-    def save(at_step: int, calibrated: list[BNStats] | None = None) -> list[checkpoint.Checkpoint]:
-        """Every model's checkpoint at at_step, written by process 0."""
-        host = parallel.fetch(state)
-        log_all = np.concatenate(losses) if losses else np.zeros((0, seeds), np.float32)
-        ckpts = []
-        for k, cfg in enumerate(configs):
-            mine = jax.tree.map(lambda x, k=k: x[k], host) if seeds > 1 else host
-            ckpts.append(
-                checkpoint.Checkpoint(
-                    at_step,
-                    mc,
-                    cfg,
-                    vocab,
-                    dict(mine.params),
-                    BNStats(*mine.bn_running),
-                    calibrated[k] if calibrated else None,
-                    list(jax.tree.leaves(mine.opt_state)),
-                    log_all[:, k],
-                )
-            )
-            if main:
-                checkpoint.save(dirs[k] / checkpoint.filename(at_step), ckpts[-1])
-        return ckpts
-
-    bar = _progress(tc.steps, step, progress and main)
+    bar = _progress(plan.steps, at.step, progress and parallel.is_main_process())
     with _Stop() as stop:
-        while step < tc.steps and not stop.requested():
-            next_stop = (step // tc.checkpoint_every + 1) * tc.checkpoint_every
-            n = min(tc.chunk_steps, tc.steps - step, next_stop - step)
-            if n not in compiled:
-                t0 = time.perf_counter()
-                compiled[n] = run.lower(state, step, X_run, Y_run, n_steps=n).compile()
-                compile_seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            try:
-                new_state, chunk_losses, finite = compiled[n](state, step, X_run, Y_run)
-                chunk_losses = parallel.fetch(chunk_losses).reshape(n, seeds)
-            except jax.errors.JaxRuntimeError as e:  # a collective whose peer is gone
-                if jax.process_count() == 1:
-                    raise
-                raise LostProcess(parallel.lost_process(e, step, last_saved)) from None
-            train_seconds += time.perf_counter() - t0
-            if not (np.isfinite(chunk_losses).all() and bool(parallel.fetch(finite))):
-                raise UsageError(_diverged(chunk_losses, step, model_seeds, last_saved))
-            losses.append(chunk_losses)  # the loss log before the step: they always agree
-            state, step = new_state, step + n
-            bar.update(n)
-            bar.set_postfix(loss=f"{chunk_losses.mean():.4f}")
-            if step % tc.checkpoint_every == 0 and step < tc.steps:
-                save(step)
-                last_saved = dirs[0] / checkpoint.filename(step)
-                where = last_saved if seeds == 1 else f"{seeds} checkpoints in {out_dir}/seed-*"
-                message = (
-                    f"{step:7d}/{tc.steps:7d}: loss {chunk_losses[-1].mean():.4f}, saved {where}"
-                )
-                if main:
-                    (bar.write if progress else log)(message)
-        if step < tc.steps:  # stopped by a signal: save, say how to resume
-            bar.close()
-            save(step)
-            _plot_all(losses, dirs, main)
-            raise Interrupted(_stopped(stop.signum, step, dirs, out_dir, seeds), stop.signum)
+        while at.step < plan.steps and not stop.requested():
+            losses = run_chunk(plan, at, X, Y, compiled)
+            bar.update(len(losses))
+            bar.set_postfix(loss=f"{losses.mean():.4f}")
+            if at.step % tc.checkpoint_every == 0 and at.step < plan.steps:
+                save_all(plan, at)
+                (bar.write if progress else say)(_saved_line(plan, at, losses))
     bar.close()
-    host_params = parallel.fetch(state.params)
-    calibrated = []
-    for k in range(seeds):
-        params = {name: jnp.asarray(x[k] if seeds > 1 else x) for name, x in host_params.items()}
-        calibrated.append(BNStats(*map(np.asarray, calibrate_bn(params, X))))
-    final = save(step, calibrated)
-    _plot_all(losses, dirs, main)
-    paths = [d / checkpoint.filename(step) for d in dirs]
-    return TrainResult(final, paths, train_seconds, compile_seconds, step - steps_before)
+    if at.step < plan.steps:  # stopped by a signal: save, say how to resume
+        save_all(plan, at)
+        _plot_all(at.losses, plan.dirs)
+        raise Interrupted(_stopped(stop.signum, at.step, plan), stop.signum)
+    final = save_all(plan, at, calibrated=_calibrate(plan, at, data[0]))
+    _plot_all(at.losses, plan.dirs)
+    paths = [d / checkpoint.filename(at.step) for d in plan.dirs]
+    return TrainResult(final, paths, at.train_seconds, at.compile_seconds, at.step - first)
+
+
+def _calibrate(plan: Plan, at: Progress, X: np.ndarray) -> list[BNStats]:
+    """Each model's BatchNorm statistics over the whole train split (model.calibrate_bn)."""
+    host = parallel.fetch(at.state.params)
+    stats = [calibrate_bn(to_device(_model(host, k, plan.models)), X) for k in range(plan.models)]
+    return [BNStats(*map(np.asarray, s)) for s in stats]
+
+
+def _saved_line(plan: Plan, at: Progress, losses: np.ndarray) -> str:
+    where = (
+        at.last_saved if plan.models == 1 else f"{plan.models} checkpoints in {plan.out_dir}/seed-*"
+    )
+    return f"{at.step:7d}/{plan.steps:7d}: loss {losses[-1].mean():.4f}, saved {where}"
 
 
 class _Stop:
@@ -479,19 +486,22 @@ class _Stop:
         return self.signum is not None
 
 
-def _stopped(signum: int, step: int, dirs: list[Path], out_dir: Path, seeds: int) -> str:
+def _stopped(signum: int, step: int, plan: Plan) -> str:
     """The one line of a run stopped by a signal: where it saved, and how to resume."""
     how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    saved = plan.dirs[0] / checkpoint.filename(step)
     if jax.process_count() > 1:
         who = "saved " if parallel.is_main_process() else "process 0 saved "
         return (
-            f"{how} at step {step} with every process: {who}{dirs[0] / checkpoint.filename(step)}; "
+            f"{how} at step {step} with every process: {who}{saved}; "
             "to continue, start every process again with its flags and --resume"
         )
-    others = " and the other seeds" if seeds > 1 else ""
-    again = f"jaxninja train --out {out_dir}{f' --seeds {seeds}' if seeds > 1 else ''} --resume"
-    saved = dirs[0] / checkpoint.filename(step)
-    return f"{how} at step {step}: saved {saved}{others}; continue with `{again}`"
+    many = f" --seeds {plan.models}" if plan.models > 1 else ""
+    others = " and the other seeds" if plan.models > 1 else ""
+    return (
+        f"{how} at step {step}: saved {saved}{others}; continue with "
+        f"`jaxninja train --out {plan.out_dir}{many} --resume`"
+    )
 
 
 def _diverged(losses: np.ndarray, step: int, seeds: tuple[int, ...], kept: Path | None) -> str:
@@ -507,8 +517,8 @@ def _diverged(losses: np.ndarray, step: int, seeds: tuple[int, ...], kept: Path 
     return f"training diverged: {what}; lower --lr. {saved}"
 
 
-def _plot_all(losses: list[np.ndarray], dirs: list[Path], main: bool) -> None:
-    if not main:
+def _plot_all(losses: list[np.ndarray], dirs: tuple[Path, ...]) -> None:
+    if not parallel.is_main_process():
         return
     log_all = np.concatenate(losses) if losses else np.zeros((0, len(dirs)))
     for k, d in enumerate(dirs):

@@ -78,11 +78,25 @@ def test_check_without_torch(names_path, capsys, monkeypatch):
         (["data", "--data", "/nonexistent/words.txt"], "not found: pass --data PATH"),
     ],
 )
-def test_bad_input_is_one_line(args, message):
-    r = subprocess.run([sys.executable, "-m", "jaxninja", *args], capture_output=True, text=True)
-    assert r.returncode == 2
-    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "Traceback" not in r.stderr
+def test_bad_input_is_one_line(args, message, capsys):
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse's own errors exit from the parser
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_a_real_process_fails_in_one_line():
+    """The one subprocess: what a shell sees, exit code and stderr, through python -m."""
+    r = subprocess.run(
+        [sys.executable, "-m", "jaxninja", "check", "--batch-size", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and r.stderr.startswith("jaxninja: error: batch size must be >= 2")
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
 def test_split_too_small_for_a_batch(tmp_path, capsys):

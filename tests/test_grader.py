@@ -291,7 +291,16 @@ def test_training_on_the_solution_copied_follows_the_built_in_run(folder, splits
 
 def test_train_backward_refuses_a_wrong_function_before_training(folder, tmp_path, capsys):
     _ex1(folder, "dcounts = dcounts + dcounts_sum", "dcounts = dcounts")
-    args = ["train", "--steps", "100", "--no-progress", "--out", str(tmp_path / "run")]
+    args = [
+        "train",
+        "--steps",
+        "100",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "run"),
+        "--n-hidden",
+        "64",
+    ]
     assert main([*args, "--backward", f"{folder / 'ex1_filled.py'}:backward"]) == 2
     err = capsys.readouterr().err
     assert "is refused: FAILED: 26 of 26 written; in case 1" in err and "counts" in err

@@ -22,7 +22,7 @@ def test_walkthrough_runs(tmp_path, names_path, monkeypatch):
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
     )
     assert "OK: 0 of 26 written" in outputs  # exercise 1 graded as the learner left it
-    assert "3000 steps in" in outputs and "val 2." in outputs  # exercise 4 trained
+    assert "2000 steps in" in outputs and "val 2." in outputs  # exercise 4 trained
     assert any(
         o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", [])
     )

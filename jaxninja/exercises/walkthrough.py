@@ -239,7 +239,7 @@ print(jn.grade(batchnorm_backward, exercise=3).format())
 #
 # The lecture's last exercise: put it together and train with no autodiff at all. Below is the
 # whole loop, jitted: the compact forward (`jn.forward`, whose caches feed the backward), the
-# fused backward of exercises 2 and 3 (`jn.backward_fused`), plain SGD. It runs 3000 steps here
+# fused backward of exercises 2 and 3 (`jn.backward_fused`), plain SGD. It runs 2000 steps here
 # to stay quick; the lecture's run is 200,000 (lr 0.1, then 0.01 from step 100,000), which
 # `jaxninja train` does in seconds, and `jaxninja train --backward ex1_backward.py:backward`
 # does on your exercise-1 function (graded first, refused if wrong).
@@ -262,11 +262,11 @@ def sgd_step(p, step, lr):
 
 Xtr_d, Ytr_d = jnp.asarray(Xtr), jnp.asarray(Ytr)
 losses, t0 = [], time.perf_counter()
-for step in range(3000):
+for step in range(2000):
     lr = 0.1 if step < 100_000 else 0.01
     p, loss = sgd_step(p, step, lr)
     losses.append(float(loss))
-print(f"3000 steps in {time.perf_counter() - t0:.1f} s, last loss {np.mean(losses[-100:]):.4f}")
+print(f"2000 steps in {time.perf_counter() - t0:.1f} s, last loss {np.mean(losses[-100:]):.4f}")
 
 bn = calibrate_bn(p, Xtr_d)  # BatchNorm's mean and variance over the whole train split
 for name in ("train", "val"):
