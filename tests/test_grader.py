@@ -50,6 +50,7 @@ def test_the_filled_exercise_1_is_right_in_every_case_and_every_way(folder):
 def test_an_unfilled_file_has_written_nothing(folder):
     fn, _ = load_function(f"{folder / 'ex1_backward.py'}:backward")
     result = grade(fn, 1, with_torch=False)
+    assert result.reports[0].skipped == ["torch", "torch manual"]  # said, not silently left out
     assert result.ok and result.written == []
     assert result.verdict().startswith("OK: 0 of 26 written, nothing to grade yet")
     assert "not written" in result.format()
