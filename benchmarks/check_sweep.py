@@ -45,7 +45,7 @@ def case_figures(cfg: ModelConfig, X, Y, batch_size: int, seed: int) -> dict:
             continue
         name = r["name"]
         noise, scale = verify.float32_noise(name, sources)
-        bound = verify.F32_FACTOR * noise + verify.F32_FLOOR_ULPS * verify.F32_EPS * scale
+        bound = verify.float32_bound(noise, scale)
         for src in CANDIDATES:
             if src not in sources or name not in sources[src]:
                 continue

@@ -102,7 +102,6 @@ def backward_fused(
     cache: Cache,
     dloss: jax.Array | float = 1.0,
     axis_name: str | None = None,
-    dlogits_fn: Callable | None = None,
     dhprebn_fn: Callable | None = None,
 ) -> dict[str, jax.Array]:
     """Exercises 2 + 3: the parameters' gradients and those of the layer boundaries.
@@ -110,14 +109,11 @@ def backward_fused(
     Not jitted itself (it runs inside the caller's jit, next to the forward that made `cache`).
     With `axis_name` (a batch sharded under shard_map), the per-example gradients stay local and
     the weight gradients, sums over this device's examples, are all-reduced into the global ones;
-    dbngain and dbnbias come out of BatchNorm's backward already reduced. `dlogits_fn` and
-    `dhprebn_fn` (the signatures of `dlogits_fused` and `dhprebn_fused`; one device only) take
-    the seats of exercises 2 and 3: the grader puts a learner's functions there.
+    dbngain and dbnbias come out of BatchNorm's backward already reduced. `dhprebn_fn` (the
+    signature of `dhprebn_fused`; one device only) takes the seat of exercise 3: the mistake
+    catalogue's tests put a mutated BatchNorm backward there.
     """
-    if dlogits_fn is None:
-        dlogits = layers.cross_entropy_backward(dloss, cache.ce, axis_name)  # (B, V)
-    else:
-        dlogits = dlogits_fn(cache.ce.logits, cache.ce.Y) * dloss
+    dlogits = layers.cross_entropy_backward(dloss, cache.ce, axis_name)  # (B, V)
     dh, dW2, db2 = layers.linear_backward(dlogits, cache.lin2)  # (B, H)
     dhpreact = layers.tanh_backward(dh, cache.tanh)  # (B, H)
     dhprebn, dbngain, dbnbias = layers.batchnorm_backward(dhpreact, cache.bn, axis_name)

@@ -150,8 +150,8 @@ class Report(NamedTuple):
 def fused_gradients(
     params: dict[str, jax.Array], Xb: jax.Array, Yb: jax.Array, eps: float, **parts: Callable
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The compact forward and the fused backward, exercise 2 or 3 optionally swapped for `parts`
-    (backward_fused's `dlogits_fn`, `dhprebn_fn`). Traced afresh on every call."""
+    """The compact forward and the fused backward, exercise 3 optionally swapped for `parts`
+    (backward_fused's `dhprebn_fn`)."""
     loss_value, cache = forward(params, Xb, Yb, eps)
     return loss_value, backward_fused(cache, **parts)
 
@@ -168,7 +168,7 @@ def gradient_sources(
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float], dict[str, tuple[int, ...]]]:
     """Every source's gradients of the case as numpy dicts keyed by tensor name, the losses, and
     each tensor's shape. `atomic` stands in for exercise 1 (params, v, Xb, Yb) -> dict, `parts`
-    for exercises 2 and 3 in the fused backward. A float32 case also gets the float64 "truth"."""
+    for exercise 3 in the fused backward. A float32 case also gets the float64 "truth"."""
     p = to_device(case.params)
     loss_chunked, values = forward_chunked(p, case.Xb, case.Yb, eps=eps)
     if parts:  # a fresh trace: another's code is never run from a stale compile
@@ -245,6 +245,12 @@ def float32_noise(name: str, sources: dict[str, dict[str, np.ndarray]]) -> tuple
     return noise, _row_scale(name, truth)
 
 
+def float32_bound(noise: float, scale: float) -> float:
+    """How far from the truth a float32 source may be: F32_FACTOR x autodiff's own distance,
+    plus F32_FLOOR_ULPS ulps of the row's scale."""
+    return F32_FACTOR * noise + F32_FLOOR_ULPS * F32_EPS * scale
+
+
 def _value_cell(
     name: str, got: np.ndarray, ref: np.ndarray, dtype: str, ref_grads: dict, f32: dict | None
 ) -> dict[str, Any]:
@@ -292,7 +298,7 @@ def compare_row(
     f32 = None
     if "truth" in sources:
         noise, scale = float32_noise(name, sources)
-        bound = F32_FACTOR * noise + F32_FLOOR_ULPS * F32_EPS * scale
+        bound = float32_bound(noise, scale)
         row["noise"] = noise / scale if scale else 0.0
         row["cannot_tell"] = bound >= F32_CANNOT_TELL * scale and scale > 0
         f32 = {"truth": sources["truth"], "bound": bound, "cannot_tell": row["cannot_tell"]}
@@ -356,8 +362,8 @@ def run_check(
 ) -> Report:
     """Build the seeded case from (X, Y) and compare every way on it.
 
-    `atomic` and `parts` (`dlogits_fn`, `dhprebn_fn`) put other code in the seat of exercises 1,
-    2 and 3 (the mistake catalogue's tests, the grader)."""
+    `atomic` and `parts` (`dhprebn_fn`) put other code in the seats of exercises 1 and 3 (the
+    mistake catalogue's tests)."""
     if with_torch is None:
         with_torch = torch_available()
     case = make_case(cfg, X, Y, batch_size, seed)
