@@ -76,14 +76,15 @@ def time_jaxninja(vocab_size: int, X, Y, steps: int, repeats: int) -> float:
     state = init_state(mc, tc)  # the same initial parameters as the PyTorch loops get
     Xd, Yd = jnp.asarray(X), jnp.asarray(Y)
     chunk = tc.chunk_steps
-    run = chunk_runner(mc, tc).lower(state, 0, Xd, Yd, n_steps=chunk).compile()
-    state = jax.block_until_ready(run(state, 0, Xd, Yd))[0]
+    seed = np.uint32(tc.seed)
+    run, _ = chunk_runner(mc, tc).executable(chunk, state, 0, Xd, Yd, seed)
+    state = jax.block_until_ready(run(state, 0, Xd, Yd, seed))[0]
     runs = []
     n_chunks = max(1, steps // chunk)
     for r in range(repeats):
         t0 = time.perf_counter()
         for c in range(n_chunks):
-            state, losses, _ = run(state, (r * n_chunks + c) * chunk, Xd, Yd)
+            state, losses, _ = run(state, (r * n_chunks + c) * chunk, Xd, Yd, seed)
         np.asarray(losses)
         runs.append((time.perf_counter() - t0) / (n_chunks * chunk) * 1e6)
     return statistics.median(runs)

@@ -157,23 +157,54 @@ def _train_step(
     return train_step
 
 
-@lru_cache(maxsize=8)
+class ChunkRunner(NamedTuple):
+    """A run's jitted chunk and the executables compiled from it, kept for the process: a later
+    run of the same shape (a resume, another seed, a learning-rate sweep's repeat) compiles
+    nothing."""
+
+    jitted: Callable  # (state, start, X, Y, first_seed, n_steps) -> (state, losses, all_finite)
+    compiled: dict  # (n_steps, the arguments' types and placements) -> executable
+
+    def executable(self, n_steps: int, *args: Any) -> tuple[Callable, float]:
+        """The chunk of n_steps compiled for these arguments; the seconds compiling took now."""
+        leaves = jax.tree.leaves(args)
+        key = (n_steps, *((jax.typeof(x), getattr(x, "sharding", None)) for x in leaves))
+        if key in self.compiled:
+            return self.compiled[key], 0.0
+        t0 = time.perf_counter()
+        self.compiled[key] = self.jitted.lower(*args, n_steps=n_steps).compile()
+        return self.compiled[key], time.perf_counter() - t0
+
+
+# What no step reads: a run's length, its chunks and checkpoints, and its seed (an argument of
+# the chunk). Runs that differ only there share one ChunkRunner.
+_RUN_ONLY = ("steps", "chunk_steps", "checkpoint_every", "seed")
+
+
 def chunk_runner(
     mc: ModelConfig,
     tc: TrainConfig,
     n_models: int = 1,
     mesh: Mesh | None = None,
     backward: Callable | None = None,
-) -> Callable:
-    """A jitted (state, start, X, Y, n_steps) -> (state, losses, all_finite).
+) -> ChunkRunner:
+    """The ChunkRunner of a run: `jitted(state, start, X, Y, first_seed, n_steps)` trains
+    n_steps steps from step `start` -> (state, losses, all_finite).
 
     One model (losses (n_steps,)): on one device, or data parallel over a `data` mesh, the batch
     split across its devices. n_models > 1 (losses (n_steps, K)): the state's arrays carry a
-    leading model axis, model k seeded tc.seed + k; the step is vmapped over it, and the models
-    are split across the devices of a `seeds` mesh (on a CPU, one device per core: a single CPU
-    device keeps about one core busy).
+    leading model axis, model k seeded first_seed + k; the step is vmapped over it, and the
+    models are split across the devices of a `seeds` mesh (on a CPU, one device per core: a
+    single CPU device keeps about one core busy). `first_seed` is a uint32 (seeds_of checks the
+    range).
     """
-    seeds = seeds_of(tc, n_models)
+    seeds_of(tc, n_models)
+    step_only = replace(tc, **{f: getattr(TrainConfig, f) for f in _RUN_ONLY})
+    return _chunk_runner(mc, step_only, n_models, mesh, backward)
+
+
+@lru_cache(maxsize=32)
+def _chunk_runner(mc, tc, n_models, mesh, backward) -> ChunkRunner:
     many = n_models > 1
     data_axis = DATA if mesh is not None and not many else None
     step = _train_step(mc, tc, data_axis, backward)
@@ -197,8 +228,8 @@ def chunk_runner(
                 ix = jax.lax.dynamic_slice_in_dim(ix, first, local, axis=1)  # (n, B / devices)
         return jax.lax.scan(jax.vmap(step) if many else step, state, (X[ix], Y[ix]))
 
-    def run(state, start, X, Y, n_steps):
-        model_seeds = jnp.asarray(seeds, jnp.uint32)  # (K,)
+    def run(state, start, X, Y, first_seed, n_steps):
+        model_seeds = first_seed + jnp.arange(n_models, dtype=jnp.uint32)  # (K,)
         loop = partial(chunk, n_steps=n_steps)
         if mesh is not None:
             state_spec = P(SEEDS) if many else P()
@@ -212,7 +243,7 @@ def chunk_runner(
         finite = jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(state)]))
         return state, losses, finite
 
-    return jax.jit(run, static_argnames="n_steps")
+    return ChunkRunner(jax.jit(run, static_argnames="n_steps"), {})
 
 
 class TrainResult(NamedTuple):
@@ -240,7 +271,7 @@ class Plan(NamedTuple):
     out_dir: Path
     vocab: Vocab
     mesh: Mesh | None  # a `seeds` or `data` axis, or None: one model on one device
-    runner: Callable  # chunk_runner's jitted (state, start, X, Y, n_steps) -> ...
+    runner: ChunkRunner
 
     @property
     def models(self) -> int:
@@ -249,6 +280,10 @@ class Plan(NamedTuple):
     @property
     def steps(self) -> int:
         return self.configs[0].steps
+
+    @property
+    def first_seed(self) -> np.uint32:
+        return np.uint32(self.configs[0].seed)
 
 
 @dataclass
@@ -349,17 +384,16 @@ def save_all(
     return ckpts
 
 
-def run_chunk(plan: Plan, at: Progress, X: jax.Array, Y: jax.Array, compiled: dict) -> np.ndarray:
+def run_chunk(plan: Plan, at: Progress, X: jax.Array, Y: jax.Array) -> np.ndarray:
     """Train one chunk, up to the next checkpoint or the end; advance `at`; its losses (n, K)."""
     every = plan.configs[0].checkpoint_every
     n = min(plan.configs[0].chunk_steps, plan.steps - at.step, every - at.step % every)
-    if n not in compiled:
-        t0 = time.perf_counter()
-        compiled[n] = plan.runner.lower(at.state, at.step, X, Y, n_steps=n).compile()
-        at.compile_seconds += time.perf_counter() - t0
+    args = (at.state, at.step, X, Y, plan.first_seed)
+    chunk, seconds = plan.runner.executable(n, *args)
+    at.compile_seconds += seconds
     t0 = time.perf_counter()
     try:
-        state, losses, finite = compiled[n](at.state, at.step, X, Y)
+        state, losses, finite = chunk(*args)
         losses = parallel.fetch(losses).reshape(n, plan.models)
     except jax.errors.JaxRuntimeError as e:  # a collective whose peer is gone
         if jax.process_count() == 1:
@@ -416,11 +450,10 @@ def train(
     at = start(plan, resume or None, say)
     first = at.step
     X, Y = map(jnp.asarray, data) if plan.mesh is None else parallel.place(data, plan.mesh)
-    compiled: dict[int, Any] = {}
     bar = _progress(plan.steps, at.step, progress and parallel.is_main_process())
     with _Stop() as stop:
         while at.step < plan.steps and not stop.requested():
-            losses = run_chunk(plan, at, X, Y, compiled)
+            losses = run_chunk(plan, at, X, Y)
             bar.update(len(losses))
             bar.set_postfix(loss=f"{losses.mean():.4f}")
             if at.step % tc.checkpoint_every == 0 and at.step < plan.steps:
