@@ -25,6 +25,8 @@ from jaxninja.verify import (
 )
 
 HAS_TORCH = torch_available()
+# jitted, as training runs them (eager, each of their ops would compile on its own)
+grad_loss = jax.jit(jax.grad(loss))
 
 
 def assert_all_ways(case: Case, dtype: str):
@@ -113,17 +115,18 @@ def test_chunked_and_compact_forward_agree(splits):
 def test_fused_loss_finite_differences(splits):
     case = _case(splits, batch_size=8, n_hidden=16)
     p = to_device(case.params)
-    check_grads(lambda q: loss(q, case.Xb, case.Yb), (p,), order=1, modes=("rev",), eps=1e-6)
+    f = jax.jit(lambda q: loss(q, case.Xb, case.Yb))
+    check_grads(f, (p,), order=1, modes=("rev",), eps=1e-6)
 
 
 def test_custom_vjp_is_the_fused_backward(splits):
     case = _case(splits)
     p = to_device(case.params)
-    g = jax.grad(loss)(p, case.Xb, case.Yb)
+    g = grad_loss(p, case.Xb, case.Yb)
     _, fused = loss_and_grads(p, case.Xb, case.Yb)
     for k in PARAMS:  # the same function underneath; XLA may fuse the two programs differently
         assert np.allclose(g[k], fused[k], rtol=1e-13, atol=1e-16), k
-    value, g2 = jax.value_and_grad(loss)(p, case.Xb, case.Yb, 1e-5)
+    value, g2 = jax.jit(jax.value_and_grad(loss), static_argnums=3)(p, case.Xb, case.Yb, 1e-5)
     assert float(value) == float(forward_loss(p, case.Xb, case.Yb))
     assert all(np.allclose(g[k], g2[k], rtol=1e-13, atol=1e-16) for k in PARAMS)
 
@@ -134,9 +137,9 @@ def test_custom_vjp_under_vmap(splits):
     case = _case(splits)
     p = to_device(case.params)
     Xs, Ys = X[:96].reshape(3, 32, -1), Y[:96].reshape(3, 32)
-    batched = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(p, Xs, Ys)
+    batched = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(p, Xs, Ys)
     for i in range(3):
-        one = jax.grad(loss)(p, Xs[i], Ys[i])
+        one = grad_loss(p, Xs[i], Ys[i])
         for k in PARAMS:  # vmapped matmuls may sum in another order
             assert np.allclose(batched[k][i], one[k], rtol=1e-12, atol=1e-15), k
 
@@ -168,11 +171,12 @@ def test_optax_through_the_custom_vjp(splits):
     p = to_device(case.params)
     opt = optax.sgd(0.1, momentum=0.9)  # linear in the gradient (adam would amplify b1's noise)
     state = opt.init(p)
-    updates, _ = opt.update(jax.grad(loss)(p, case.Xb, case.Yb), state, p)
+    update = jax.jit(opt.update)
+    updates, _ = update(grad_loss(p, case.Xb, case.Yb), state, p)
     _, fused = loss_and_grads(p, case.Xb, case.Yb)
-    expected, _ = opt.update({k: fused[k] for k in PARAMS}, state, p)
+    expected, _ = update({k: fused[k] for k in PARAMS}, state, p)
     for k in PARAMS:
         assert np.allclose(updates[k], expected[k], rtol=1e-12, atol=1e-15), k
-    assert float(loss(optax.apply_updates(p, updates), case.Xb, case.Yb)) < float(
-        loss(p, case.Xb, case.Yb)
-    )
+    value = jax.jit(loss)
+    stepped = jax.jit(optax.apply_updates)(p, updates)
+    assert float(value(stepped, case.Xb, case.Yb)) < float(value(p, case.Xb, case.Yb))

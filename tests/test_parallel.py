@@ -15,15 +15,16 @@ from jax.sharding import PartitionSpec as P
 from jaxninja import parallel
 from jaxninja.backward import backward_fused
 from jaxninja.cli import main
-from jaxninja.config import ModelConfig, TrainConfig
+from jaxninja.config import TrainConfig
 from jaxninja.errors import UsageError
 from jaxninja.model import PARAMS, forward, make_case, to_device
 from jaxninja.parallel import DATA, ClusterConfig
 from jaxninja.train import train
+from tests import runs
+from tests.runs import MC, TC_FLAGS
 
 N_DEVICES = 4
-MC = ModelConfig(vocab_size=27, n_hidden=64)
-TC = TrainConfig(steps=200, chunk_steps=100, checkpoint_every=100, lr_decay_step=150)
+TC = replace(runs.TC, steps=200)
 PER_EXAMPLE = ("logits", "hpreact", "hprebn", "embcat")  # gradients that stay on their device
 
 
@@ -104,8 +105,8 @@ def test_many_seeds_equal_each_seed_alone(splits, tmp_path):
 
 
 def test_many_seeds_resume(splits, tmp_path):
-    tc = replace(TC, steps=100)
-    first = train(MC, tc, splits.data["train"], splits.vocab, tmp_path / "r", seeds=2)
+    first = train(MC, replace(TC, steps=100), splits.data["train"], splits.vocab, tmp_path / "r",
+                  seeds=2)  # fmt: skip
     assert first.checkpoint.step == 100
     more = train(
         MC, TC, splits.data["train"], splits.vocab, tmp_path / "r", seeds=2, resume=True,
@@ -144,7 +145,7 @@ def test_unreachable_coordinator_times_out_with_one_line(tmp_path):
     cmd = [
         sys.executable, "-m", "jaxninja", "train", "--steps", "10", "--out", str(tmp_path),
         "--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2",
-        "--process-id", "1", "--init-timeout", "2",
+        "--process-id", "1", "--init-timeout", "1",
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
@@ -164,7 +165,7 @@ def test_coordinator_refuses_a_process_of_another_run():
 
     def coordinator():
         try:
-            parallel.rendezvous(ClusterConfig(f"127.0.0.1:{port}", 2, 0, timeout=2))
+            parallel.rendezvous(ClusterConfig(f"127.0.0.1:{port}", 2, 0, timeout=1))
         except UsageError as e:
             errors.append(str(e))
 
@@ -191,27 +192,24 @@ def test_cluster_config_rejects(args, message):
 
 def test_seeds_cli_end_to_end(names_path, tmp_path, capsys):
     out = tmp_path / "many"
-    args = ["train", "--data", str(names_path), "--out", str(out), "--n-hidden", "32",
-            "--seeds", "3", "--seed", "5", "--no-progress"]  # fmt: skip
-    assert main([*args, "--steps", "300"]) == 0
+    args = ["train", "--data", str(names_path), "--out", str(out), *TC_FLAGS, "--seeds", "2",
+            "--seed", "5", "--no-progress"]  # fmt: skip
+    assert main([*args, "--steps", "200"]) == 0
     text = capsys.readouterr().out
-    assert "µs/model-step" in text and "mean ± std over 3 seeds: train" in text
-    assert [line.split()[0] for line in text.splitlines() if line.strip()[:1] in "567"] == [
-        "5",
-        "6",
-        "7",
-    ]  # one row per seed
-    assert main([*args, "--steps", "400", "--resume"]) == 0
+    assert "µs/model-step" in text and "mean ± std over 2 seeds: train" in text
+    rows = [line.split()[0] for line in text.splitlines() if line.strip()[:1] in "567"]
+    assert rows == ["5", "6"]  # one row per seed
+    assert main([*args, "--steps", "300", "--resume"]) == 0
     assert "resuming from" in capsys.readouterr().out
-    assert checkpoint_step(out / "seed-7") == 400
+    assert checkpoint_step(out / "seed-6") == 300
     assert main(["eval", "--data", str(names_path), "--checkpoint", str(out / "seed-6")]) == 0
     assert main(["sample", "--checkpoint", str(out), "-n", "2"]) == 2  # the run, not a seed
     err = capsys.readouterr().err
-    assert f"is a run of 3 seeds: give one of its directories, such as {out / 'seed-5'}" in err
-    assert main([*args, "--steps", "500"]) == 2  # no --resume: the seeds are kept
+    assert f"is a run of 2 seeds: give one of its directories, such as {out / 'seed-5'}" in err
+    assert main([*args, "--steps", "400"]) == 2  # no --resume: the seeds are kept
     assert "already holds checkpoints" in capsys.readouterr().err
-    assert main([*args, "--steps", "500", "--resume", "--seeds", "2"]) == 2  # not all of them
-    assert "holds a run of 3 seeds from 5: pass --seeds 3 --seed 5" in capsys.readouterr().err
+    assert main([*args, "--steps", "400", "--resume", "--seeds", "3"]) == 2  # not the run's
+    assert "holds a run of 2 seeds from 5: pass --seeds 2 --seed 5" in capsys.readouterr().err
 
 
 def checkpoint_step(run_dir) -> int:

@@ -15,13 +15,14 @@ import numpy as np
 
 from jaxninja import checkpoint
 from jaxninja.cli import main
-from jaxninja.config import ModelConfig, TrainConfig
 from jaxninja.model import PARAMS
 from jaxninja.train import train
+from tests import runs
+from tests.runs import MC, TC_FLAGS
 from tests.test_parallel import free_port
 
-TC = TrainConfig(steps=4000, checkpoint_every=500)  # the CLI's defaults but for these two
-SMALL = ["--n-hidden", "64"]
+# long enough that a run is still going when the signal, sent at its first checkpoint, lands
+TC = replace(runs.TC, steps=10_000)
 
 
 def launch(names_path: Path, *args: str) -> subprocess.Popen:
@@ -54,8 +55,7 @@ def assert_same(a: checkpoint.Checkpoint, b: checkpoint.Checkpoint, atol: float 
 
 def test_sigterm_saves_and_the_resumed_run_is_bit_identical(names_path, splits, tmp_path):
     out = tmp_path / "run"
-    proc = launch(names_path, "--out", str(out), "--steps", "4000", "--checkpoint-every", "500",
-                  *SMALL)  # fmt: skip
+    proc = launch(names_path, "--out", str(out), "--steps", str(TC.steps), *TC_FLAGS)
     wait_for_checkpoint(proc)
     proc.send_signal(signal.SIGTERM)
     code, err, _ = finish(proc)
@@ -64,29 +64,27 @@ def test_sigterm_saves_and_the_resumed_run_is_bit_identical(names_path, splits, 
     assert line.startswith("jaxninja: stopped by SIGTERM at step ") and "Traceback" not in err
     assert line.endswith(f"continue with `jaxninja train --out {out} --resume`"), line
     stopped = checkpoint.load(out).step
-    assert 0 < stopped < 4000 and len(checkpoint.load(out).losses) == stopped
+    assert 0 < stopped < TC.steps and len(checkpoint.load(out).losses) == stopped
     assert main(["train", "--data", str(names_path), "--out", str(out), "--resume",
                  "--no-progress"]) == 0  # fmt: skip
-    whole = train(ModelConfig(vocab_size=27, n_hidden=64), TC, splits.data["train"],
-                  splits.vocab, tmp_path / "whole", progress=False)  # fmt: skip
+    whole = train(MC, TC, splits.data["train"], splits.vocab, tmp_path / "whole", progress=False)
     assert_same(checkpoint.load(out), whole.checkpoint)  # bit-identical
 
 
 def test_sigterm_under_seeds(names_path, splits, tmp_path):
     out = tmp_path / "seeds"
-    proc = launch(names_path, "--out", str(out), "--steps", "4000", "--checkpoint-every", "500",
-                  "--seeds", "2", "--seed", "3", *SMALL)  # fmt: skip
+    proc = launch(names_path, "--out", str(out), "--steps", str(TC.steps), *TC_FLAGS,
+                  "--seeds", "2", "--seed", "3")  # fmt: skip
     wait_for_checkpoint(proc)
     proc.send_signal(signal.SIGTERM)
     code, err, _ = finish(proc)
     assert code == 143 and "and the other seeds" in err and "--seeds 2 --resume" in err, err
     steps = {checkpoint.load(out / f"seed-{s}").step for s in (3, 4)}
-    assert len(steps) == 1 and 0 < steps.pop() < 4000  # every seed saved at the same step
+    assert len(steps) == 1 and 0 < steps.pop() < TC.steps  # every seed saved at the same step
     args = ["train", "--data", str(names_path), "--out", str(out), "--seeds", "2", "--resume"]
     assert main([*args, "--no-progress"]) == 0
-    whole = train(ModelConfig(vocab_size=27, n_hidden=64), replace(TC, seed=3),
-                  splits.data["train"], splits.vocab, tmp_path / "whole", seeds=2,
-                  progress=False)  # fmt: skip
+    whole = train(MC, replace(TC, seed=3), splits.data["train"], splits.vocab,
+                  tmp_path / "whole", seeds=2, progress=False)  # fmt: skip
     for seed, ckpt in zip((3, 4), whole.checkpoints, strict=True):
         assert_same(checkpoint.load(out / f"seed-{seed}"), ckpt)  # bit-identical
 
@@ -94,8 +92,8 @@ def test_sigterm_under_seeds(names_path, splits, tmp_path):
 def _cluster(names_path, out: Path, port, i, steps: int = 100_000, *extra):
     """Process i of 2; by default a run far too long to end before the test's signal."""
     return launch(
-        names_path, "--out", str(out), "--steps", str(steps), "--checkpoint-every", "100",
-        *SMALL, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+        names_path, "--out", str(out), "--steps", str(steps), *TC_FLAGS,
+        "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
         "--process-id", str(i), *extra,
     )  # fmt: skip
 
@@ -120,9 +118,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(names_path, spli
     results = [finish(p) for p in procs]
     assert [code for code, _, _ in results] == [0, 0], results
     assert "split loss" in results[0][2] and "split loss" not in results[1][2]  # 0 reports
-    one = train(ModelConfig(vocab_size=27, n_hidden=64), replace(TC, steps=total,
-                checkpoint_every=100), splits.data["train"], splits.vocab, tmp_path / "one",
-                progress=False)  # fmt: skip
+    one = train(MC, replace(TC, steps=total), splits.data["train"], splits.vocab,
+                tmp_path / "one", progress=False)  # fmt: skip
     two = checkpoint.load(tmp_path / "p0")
     print(f"stopped at {stopped}; 2 processes vs 1 after {total} steps:",
           max(np.abs(two.params[k] - one.checkpoint.params[k]).max() for k in PARAMS))  # fmt: skip
@@ -144,10 +141,9 @@ def test_a_killed_process_ends_the_other_with_one_line(names_path, tmp_path):
 
 def test_one_writer_per_run_directory_and_no_stale_lock(names_path, tmp_path, capsys):
     out = tmp_path / "run"
-    first = launch(names_path, "--out", str(out), "--steps", "1000000", "--checkpoint-every",
-                   "500", *SMALL)  # fmt: skip
+    first = launch(names_path, "--out", str(out), "--steps", "1000000", *TC_FLAGS)
     wait_for_checkpoint(first)
-    args = ["train", "--data", str(names_path), "--out", str(out), *SMALL, "--no-progress"]
+    args = ["train", "--data", str(names_path), "--out", str(out), *TC_FLAGS, "--no-progress"]
     assert main([*args, "--resume", "--steps", "2000"]) == 2
     err = capsys.readouterr().err
     assert f"{out} is being written by another run (pid {first.pid})" in err

@@ -14,9 +14,7 @@ from jaxninja.errors import Interrupted, UsageError
 from jaxninja.model import init_params, split_loss, to_device
 from jaxninja.train import batch_indices, make_optimizer, train
 from jaxninja.verify import torch_available
-
-MC = ModelConfig(vocab_size=27, n_hidden=64)
-TC = TrainConfig(steps=300, chunk_steps=100, checkpoint_every=100, lr_decay_step=150)
+from tests.runs import MC, TC, TC_FLAGS
 
 
 def run(splits, out, tc=TC, **kw):
@@ -113,7 +111,7 @@ def test_divergence_under_seeds_names_the_seed(splits, tmp_path):
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(splits, tmp_path):
-    tc = TrainConfig(**{**TC.__dict__, "lr_decay_step": 100, "lr_decay": 1e30})  # lr 1e29 at 100
+    tc = replace(TC, lr_decay_step=100, lr_decay=1e30)  # lr 1e29 from step 100
     with pytest.raises(UsageError, match=r"loss became nan at step 101; lower --lr. kept .*0100"):
         run(splits, tmp_path, tc=tc)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "ckpt-0000100.safetensors"]
@@ -121,7 +119,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(splits, tmp_path):
 
 
 def test_divergence_before_any_checkpoint(splits, tmp_path):
-    tc = TrainConfig(**{**TC.__dict__, "lr": 1e30})
+    tc = replace(TC, lr_decay_step=100, lr_decay=1e30, checkpoint_every=200)  # nan at 101
     with pytest.raises(UsageError, match="no checkpoint was written"):
         run(splits, tmp_path, tc=tc)
     assert [p.name for p in tmp_path.iterdir()] == [".lock"]  # no checkpoint
@@ -141,7 +139,7 @@ def test_lr_schedule_is_exactly_0_01():
 
 
 def test_adam_trains(splits, tmp_path):
-    tc = TrainConfig(steps=300, chunk_steps=100, checkpoint_every=300, optimizer="adam", lr=1e-2)
+    tc = replace(TC, checkpoint_every=300, optimizer="adam", lr=1e-2)
     result = run(splits, tmp_path, tc=tc)
     losses = result.checkpoint.losses
     assert losses[-50:].mean() < losses[:50].mean() - 0.3
@@ -149,7 +147,7 @@ def test_adam_trains(splits, tmp_path):
 
 
 def test_start_into_a_used_directory_refuses(splits, tmp_path):
-    run(splits, tmp_path, tc=TrainConfig(**{**TC.__dict__, "steps": 100}))
+    run(splits, tmp_path, tc=replace(TC, steps=100))
     with pytest.raises(UsageError, match="already holds checkpoints: pass --resume"):
         run(splits, tmp_path)
     with pytest.raises(UsageError, match="differs from the checkpoint"):
@@ -165,7 +163,7 @@ def test_start_into_a_used_directory_refuses(splits, tmp_path):
 @pytest.fixture(scope="module")
 def trained(splits, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return run(splits, out, tc=TrainConfig(**{**TC.__dict__, "steps": 200}))
+    return run(splits, out, tc=replace(TC, steps=200))
 
 
 def test_checkpoint_round_trip(trained):
@@ -249,15 +247,15 @@ def test_bad_train_input_is_one_line(args, message, tmp_path, capsys):
 
 def test_train_cli_end_to_end(names_path, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--data", str(names_path), "--out", str(out), "--steps", "1000",
-            "--n-hidden", "32", "--no-progress"]  # fmt: skip
-    assert main(args) == 0
+    args = ["train", "--data", str(names_path), "--out", str(out), *TC_FLAGS, "--no-progress"]
+    assert main([*args, "--steps", "200"]) == 0
     text = capsys.readouterr().out
     assert "µs/step" in text and "split loss (calibrated BatchNorm)" in text and "samples:" in text
-    assert (out / "ckpt-0001000.safetensors").exists() and (out / "loss.png").exists()
-    assert main([*args[:-3], "--steps", "1500", "--resume", "--no-progress"]) == 0
-    assert checkpoint.load(out).step == 1500 and checkpoint.load(out).model.n_hidden == 32
-    assert main([*args[:-3], "--steps", "2000", "--n-hidden", "64", "--resume"]) == 2
+    assert (out / "ckpt-0000200.safetensors").exists() and (out / "loss.png").exists()
+    resume = ["train", "--data", str(names_path), "--out", str(out), "--resume", "--no-progress"]
+    assert main([*resume, "--steps", "300"]) == 0  # the model and training flags: the run's
+    assert checkpoint.load(out).step == 300 and checkpoint.load(out).model.n_hidden == 64
+    assert main([*resume, "--steps", "400", "--n-hidden", "32"]) == 2
     assert "differs from the checkpoint" in capsys.readouterr().err
 
 
