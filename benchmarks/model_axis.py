@@ -1,0 +1,85 @@
+"""Would one model be a run of K = 1 models? The cost of a leading model axis of 1.
+
+    python benchmarks/model_axis.py [--steps 2000] [--repeats 9]
+
+`train(seeds=K)` vmaps the step over a leading model axis; one model runs the plain step. Were
+one model the K = 1 case, the two paths would be one. This times, in one process at the
+notebook's sizes (n_hidden 200, batch 32), chunks of 1000 steps of
+  (a) the plain step, as `train` runs one model,
+  (b) the same step vmapped over a model axis of size 1, as `train(seeds=K)` runs each model,
+alternating, medians of --repeats, and prints (b)/(a). The issue asked for at most 1.03.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+CHUNK = 1000
+
+
+def chunk(step, vmapped: bool):
+    """A jitted (state, start, X, Y, seed) -> (state, losses) of CHUNK steps."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxninja.train import batches
+
+    def run(state, start, X, Y, seed):
+        steps = start + jnp.arange(CHUNK)
+        if vmapped:  # (n, 1, B), and the state carries a model axis of 1
+            ix = jax.vmap(lambda s: batches(s, steps, X.shape[0], 32), out_axes=1)(seed[None])
+            return jax.lax.scan(jax.vmap(step), state, (X[ix], Y[ix]))
+        ix = batches(seed, steps, X.shape[0], 32)  # (n, B)
+        return jax.lax.scan(step, state, (X[ix], Y[ix]))
+
+    return jax.jit(run)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=2000, help="steps per timed repeat (2000)")
+    ap.add_argument("--repeats", type=int, default=9, help="repeats of each; medians kept (9)")
+    ap.add_argument("--data", default=None)
+    args = ap.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxninja.config import TrainConfig, training_model
+    from jaxninja.data import load_splits, resolve_data_path
+    from jaxninja.train import _train_step, init_state
+
+    splits = load_splits(resolve_data_path(args.data), 3)
+    X, Y = map(jnp.asarray, splits.data["train"])
+    mc, tc = training_model(vocab_size=splits.vocab.size), TrainConfig()
+    seed, state = np.uint32(tc.seed), init_state(mc, tc)
+    step = _train_step(mc, tc, None)
+    runs = {
+        "(a) one model, plain step": [chunk(step, False), state, []],
+        "(b) one model on a model axis of 1": [
+            chunk(step, True),
+            jax.tree.map(lambda a: a[None], state),
+            [],
+        ],
+    }
+    for run in runs.values():  # compile and warm up
+        run[1] = jax.block_until_ready(run[0](run[1], 0, X, Y, seed))[0]
+    n = max(1, args.steps // CHUNK)
+    for r in range(args.repeats):
+        for run in runs.values():
+            t0 = time.perf_counter()
+            for c in range(n):
+                run[1], losses = run[0](run[1], (1 + r * n + c) * CHUNK, X, Y, seed)
+            np.asarray(losses)
+            run[2].append((time.perf_counter() - t0) / (n * CHUNK) * 1e6)
+    medians = [statistics.median(run[2]) for run in runs.values()]
+    for name, us in zip(runs, medians, strict=True):
+        print(f"{name}: {us:.1f} µs/step")
+    print(f"(b)/(a): {medians[1] / medians[0]:.2f} (on {jax.devices()[0].device_kind})")
+
+
+if __name__ == "__main__":
+    main()
