@@ -4,8 +4,8 @@
 
 At the notebook's sizes (n_hidden 200, batch 32), in one process, through `jaxninja.train`
 (compilation excluded, as its train_seconds reports), in µs per model-step:
-  (a) one seed at a time, the plain single-model loop (each seed compiles its own program, so
-      a few seeds stand for all 32: their steps cost the same),
+  (a) one seed at a time, the plain single-model loop (a few seeds stand for all 32: their
+      steps cost the same, and they share one compiled program),
   (b) the K seeds vmapped in one program on one device (timed once),
   (c) the K seeds vmapped and split over one device per core (jaxninja's default for --seeds),
 and how busy the cores were during (c): process CPU seconds over wall seconds, compile included.
