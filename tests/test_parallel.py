@@ -97,6 +97,7 @@ def test_many_seeds_equal_each_seed_alone(splits, tmp_path):
             tmp_path / f"alone-{k}", progress=False,
         )  # fmt: skip
         got, want = many.checkpoints[k], alone.checkpoint
+        assert k == 0 or alone.compile_seconds == 0.0  # seed 7's chunk: the seed is an argument
         assert np.abs(got.losses - want.losses).max() <= 1e-5  # the issue's bound, 1k steps
         for name in PARAMS:
             assert np.abs(got.params[name] - want.params[name]).max() <= 1e-5, name

@@ -43,6 +43,7 @@ def test_resume_is_bit_identical(splits, tmp_path, whole):
     assert first.checkpoint.step == 200
     resumed = run(splits, tmp_path / "split", resume=True)
     assert_same_run(whole.checkpoint, resumed.checkpoint)
+    assert first.compile_seconds == resumed.compile_seconds == 0.0  # whole's chunk, reused
     assert (whole.path.parent / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
