@@ -159,8 +159,7 @@ def _train_step(
 
 class ChunkRunner(NamedTuple):
     """A run's jitted chunk and the executables compiled from it, kept for the process: a later
-    run of the same shape (a resume, another seed, a learning-rate sweep's repeat) compiles
-    nothing."""
+    run of the same shape (a resume, another seed, a longer run) compiles no chunk again."""
 
     jitted: Callable  # (state, start, X, Y, first_seed, n_steps) -> (state, losses, all_finite)
     compiled: dict  # (n_steps, the arguments' types and placements) -> executable
