@@ -22,9 +22,9 @@
 # (exercise 4).
 #
 # This notebook sits next to three files, `ex1_backward.py`, `ex2_cross_entropy.py` and
-# `ex3_batchnorm.py` (`jaxninja exercises DIR` wrote them). Fill their `...  # TODO` lines; the
-# cells below grade them as they stand, and so does the shell:
-# `jaxninja check --candidate ex1_backward.py:backward --exercise 1`.
+# `ex3_batchnorm.py` (`jaxninja exercises DIR` wrote them). Fill their `...  # TODO` lines in
+# your editor, save, and re-run a grading cell below: it reads the file as it is on disk now, as
+# the shell does: `jaxninja check --candidate ex1_backward.py:backward --exercise 1`.
 
 # %%
 import time
@@ -97,7 +97,9 @@ print("loss", float(loss))
 # per intermediate, and adds each to its intermediate as it is made. The loss does not change
 # (the taps are zero), and the gradient with respect to a tap is exactly the gradient with
 # respect to that intermediate. `jn.grads_autodiff` does this with `jax.grad`: it is the answer
-# key.
+# key. `cmp` is the lecture's comparison of one gradient with the key: bit for bit, within
+# float32 rounding, and the largest difference. A gradient of the wrong shape is reported as
+# such and not compared (the comparison would broadcast, or fail).
 
 # %%
 reference = jn.grads_autodiff(params, Xb, Yb)
@@ -106,9 +108,12 @@ print(f"{len(reference)} gradients: dlogits {reference['logits'].shape}, dC {ref
 
 def cmp(name, dt):
     """The lecture's cmp: exact, approximately equal, and the largest difference."""
-    t = reference[name]
-    exact, close = bool((dt == t).all()), bool(jnp.allclose(dt, t, rtol=1e-5, atol=1e-7))
-    maxdiff = float(jnp.abs(dt - t).max())
+    dt, t = np.asarray(dt), np.asarray(reference[name])  # compared on the host, in numpy
+    if dt.shape != t.shape:
+        print(f"{name:15s} | shape {dt.shape}, but {name} is {t.shape}")
+        return
+    exact, close = bool((dt == t).all()), bool(np.allclose(dt, t, rtol=1e-5, atol=1e-7))
+    maxdiff = float(np.abs(dt - t).max())
     print(f"{name:15s} | exact: {exact!s:5s} | approximate: {close!s:5s} | maxdiff: {maxdiff:.2e}")
 
 
@@ -143,14 +148,89 @@ print(".set:", demo, "(one of the repeated writes wins)")
 print(".add:", demo_add, "(both arrive, as they must for dC)")
 
 # %% [markdown]
-# Now grade your `ex1_backward.py` as it stands. Blanks are "not written"; the first wrong
-# tensor is named, shape errors are called shape errors, and known mistakes get a hint. It runs
-# two cases (the batch of 32 and a batch of 5 of another seed), so a 32 written in by hand fails.
+# ### A sum is a broadcast backwards, and a broadcast is a sum
+#
+# Two operations of the forward trade places in the backward. A **sum** collapses an axis:
+# every term moves the total one for one, so the total's gradient goes back to every term
+# unchanged, copied along the axis that was summed away. A **broadcast** copies a tensor along
+# an axis: the copy is used once per position, so its gradient is the sum of the gradients of
+# every position, over that axis. `jax.vjp` runs a function's backward for a gradient we choose;
+# here it shows both:
 
 # %%
-from ex1_backward import backward
+x = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # (2, 3)
+g = jnp.array([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]])  # a gradient arriving at a (2, 3) result
 
-print(jn.grade(backward, exercise=1).format())
+total, sum_backward = jax.vjp(lambda x: x.sum(1, keepdims=True), x)  # (2, 3) -> (2, 1)
+(dx,) = sum_backward(jnp.array([[1.0], [10.0]]))  # a gradient for each row's total
+print("a sum, x (2, 3) -> total (2, 1), given dtotal [[1], [10]]:")
+print(f"  dx = {dx.tolist()}: each row's gradient, copied to every term")
+
+shifted, sub_backward = jax.vjp(lambda x, m: x - m, x, total)  # m (2, 1) broadcast over 3 columns
+dx, dm = sub_backward(g)
+print(f"a broadcast, x (2, 3) - m (2, 1), given g = {g.tolist()}:")
+print(f"  dm = {dm.tolist()}: -g summed over the columns, -g.sum(1, keepdims=True)")
+print(f"  dx = {dx.tolist()}: g itself")
+
+# %% [markdown]
+# The forward has both, more than once. `counts_sum = counts.sum(1, keepdims=True)` is a sum
+# over each row, so in the backward `dcounts_sum` (n, 1) is broadcast back to every count of its
+# row: `dcounts += dcounts_sum`, the second use of `counts` from above. `norm_logits = logits -
+# logit_maxes` broadcasts the (n, 1) maxima over the V columns, so their gradient sums the
+# columns back, with the minus sign: `dlogit_maxes = -dnorm_logits.sum(1, keepdims=True)`. The
+# batch mean `bnmeani` is a sum over the rows (its backward spreads back over the rows, with
+# the 1/n), `bndiff = hprebn - bnmeani` broadcasts it back (its backward sums over the rows),
+# and `b2`, added to every row of `logits`, gets `dlogits` summed over the rows. `keepdims=True`
+# keeps the summed axis at size 1, so the broadcast back lines up with the axis it came from.
+#
+# ### A matmul's backward, found by its shapes
+#
+# `logits = h @ W2 + b2`. Writing out one element of the product and differentiating it works,
+# but the shapes alone already pin the answer down. A gradient has the shape of its tensor, and
+# the only things to build it from are `dlogits` and the other factor:
+
+# %%
+h, W2, b2 = v["h"], params["W2"], params["b2"]
+dlogits = reference["logits"]  # the answer key's, for now: yours comes from the lines above dh
+print(f"h {h.shape} @ W2 {W2.shape} + b2 {b2.shape} = logits {v['logits'].shape}")
+print(f"dlogits {dlogits.shape}, so")
+print(f"  dh  must be {h.shape}:  dlogits {dlogits.shape} @ W2.T {W2.T.shape}")
+print(f"  dW2 must be {W2.shape}:  h.T {h.T.shape} @ dlogits {dlogits.shape}")
+print(f"  db2 must be {b2.shape}:      dlogits.sum(0), b2 being broadcast over the rows")
+cmp("h", dlogits @ W2.T)
+cmp("W2", h.T @ dlogits)
+cmp("b2", dlogits.sum(0))
+
+# %% [markdown]
+# A (32, 64) made from a (32, 27) and a (64, 27) has only one way: `dlogits @ W2.T`. A
+# (64, 27) made from `h` (32, 64) and `dlogits` (32, 27) has only `h.T @ dlogits`, whose
+# contraction runs over the batch, as a weight's gradient must (every example adds to it). The
+# same reading gives the first layer: `dembcat`, `dW1`, `db1` from `hprebn = embcat @ W1 + b1`.
+#
+# Now grade your `ex1_backward.py` as it is on disk. Blanks are "not written"; the first wrong
+# tensor is named, shape errors are called shape errors, and known mistakes get a hint. It runs
+# two cases (the batch of 32 and a batch of 5 of another seed), so a 32 written in by hand fails.
+# `jn.load_function` imports the file anew each time the cell runs, so after an edit (saved),
+# re-running it grades the edit.
+
+# %%
+backward, spec = jn.load_function("ex1_backward.py:backward")
+print(jn.grade(backward, exercise=1, name=spec).format())
+
+# %% [markdown]
+# The lecture checks each line as it writes it, with a `cmp` per gradient. Here is every
+# gradient your file writes, through `cmp`, on the notebook's batch (run it again as you go).
+# It calls your function as plain Python, without `jit`, so a `print` in it shows numbers here
+# (under the grader's `jit` it shows a tracer: use `jax.debug.print` there).
+
+# %%
+backward, _ = jn.load_function("ex1_backward.py:backward")
+yours = backward(params, v, Xb, Yb)
+for name in jn.GRAD_ORDER:
+    if name in yours:
+        cmp(name, yours[name])
+if not yours:
+    print("nothing written yet: fill dlogprobs first, then dprobs, ...")
 
 # %% [markdown]
 # ## Exercise 2: cross-entropy in one expression
@@ -170,12 +250,11 @@ print(jn.grade(backward, exercise=1).format())
 #
 # $$\texttt{dlogits} = (\mathrm{softmax}(\texttt{logits}) - \mathrm{onehot}(Y_b)) / n$$
 #
-# Write it in `ex2_cross_entropy.py` (use `n`, not 32) and grade it:
+# Write it in `ex2_cross_entropy.py` (use `n`, not 32), save, and grade it:
 
 # %%
-from ex2_cross_entropy import cross_entropy_backward
-
-print(jn.grade(cross_entropy_backward, exercise=2).format())
+cross_entropy_backward, spec = jn.load_function("ex2_cross_entropy.py:cross_entropy_backward")
+print(jn.grade(cross_entropy_backward, exercise=2, name=spec).format())
 
 # %% [markdown]
 # ### What dlogits looks like
@@ -230,43 +309,75 @@ plt.title("dlogits (x n): black at the targets")
 # Sums run over the batch (axis 0) and keep their axis, so they broadcast back over the rows.
 
 # %%
-from ex3_batchnorm import batchnorm_backward
-
-print(jn.grade(batchnorm_backward, exercise=3).format())
+batchnorm_backward, spec = jn.load_function("ex3_batchnorm.py:batchnorm_backward")
+print(jn.grade(batchnorm_backward, exercise=3, name=spec).format())
 
 # %% [markdown]
 # ## Exercise 4: train on your own gradients
 #
 # The lecture's last exercise: put it together and train with no autodiff at all. Below is the
-# whole loop, jitted: the compact forward (`jn.forward`, whose caches feed the backward), the
-# fused backward of exercises 2 and 3 (`jn.backward_fused`), plain SGD. It runs 2000 steps here
-# to stay quick; the lecture's run is 200,000 (lr 0.1, then 0.01 from step 100,000), which
-# `jaxninja train` does in seconds, and `jaxninja train --backward ex1_backward.py:backward`
-# does on your exercise-1 function (graded first, refused if wrong).
+# whole loop, jitted, with plain SGD. Its gradients are yours when your `ex1_backward.py` is
+# complete and right: the cell grades it first, and if it passes and writes all seven parameter
+# gradients, each step runs `jn.forward_chunked` and your `backward(params, v, Xb, Yb)` on the
+# batch. Until then it says why not, and trains on jaxninja's own fused backward of exercises 2
+# and 3 (`jn.backward_fused`, fed by the compact forward `jn.forward`), so the loop runs either
+# way. Re-run the cell after finishing exercise 1 to train on your code.
+#
+# It runs 2000 steps here to stay quick; the lecture's run is 200,000 (lr 0.1, then 0.01 from
+# step 100,000), which `jaxninja train` does in seconds, and
+# `jaxninja train --backward ex1_backward.py:backward` does on your exercise-1 function (graded
+# first, refused if wrong).
 
 # %%
 from jaxninja.model import calibrate_bn, split_loss
 
+steps = 2000
+try:
+    your_backward, spec = jn.load_function("ex1_backward.py:backward")
+    graded = jn.grade(your_backward, exercise=1, name=spec)
+    missing = [k for k in jn.PARAMS if k not in graded.written]
+    yours_ready = graded.ok and not missing
+    why = f"{len(graded.written)} of {graded.of} written" if missing else graded.verdict()
+except jn.UsageError as e:  # it does not import, or it raises: the grader's one line says where
+    yours_ready, why = False, str(e)
+if yours_ready:
+    print(f"ex1_backward.py is complete and right ({why}): training on your backward")
+
+    def loss_and_grads(p, Xb, Yb):
+        loss, v = jn.forward_chunked(p, Xb, Yb)
+        grads = your_backward(p, v, Xb, Yb)  # exercise 1, yours: no jax.grad
+        return loss, {k: grads[k] for k in jn.PARAMS}
+
+else:
+    print(
+        f"ex1_backward.py is not complete and right yet ({why}): "
+        "training on jaxninja's fused backward instead"
+    )
+
+    def loss_and_grads(p, Xb, Yb):
+        loss, cache = jn.forward(p, Xb, Yb)
+        return loss, jn.backward_fused(cache)  # exercises 2 + 3, jaxninja's: no jax.grad
+
+
 train_cfg = jn.ModelConfig(vocab_size=vocab.size, n_hidden=200)
 p = jn.to_device(jn.init_params(train_cfg, seed=2147483647))
 key = jax.random.key(2147483647)
+Xtr_d, Ytr_d = jnp.asarray(Xtr), jnp.asarray(Ytr)
 
 
 @jax.jit
 def sgd_step(p, step, lr):
     ix = jax.random.randint(jax.random.fold_in(key, step), (32,), 0, len(Xtr))
-    loss, cache = jn.model.forward(p, Xtr_d[ix], Ytr_d[ix])
-    grads = jn.backward_fused(cache)  # exercises 2 + 3: no jax.grad
+    loss, grads = loss_and_grads(p, Xtr_d[ix], Ytr_d[ix])
     return {k: p[k] - lr * grads[k] for k in p}, loss
 
 
-Xtr_d, Ytr_d = jnp.asarray(Xtr), jnp.asarray(Ytr)
 losses, t0 = [], time.perf_counter()
-for step in range(2000):
+for step in range(steps):
     lr = 0.1 if step < 100_000 else 0.01
     p, loss = sgd_step(p, step, lr)
     losses.append(float(loss))
-print(f"2000 steps in {time.perf_counter() - t0:.1f} s, last loss {np.mean(losses[-100:]):.4f}")
+print(f"{steps} steps in {time.perf_counter() - t0:.1f} s, last loss {np.mean(losses[-100:]):.4f}")
 
 bn = calibrate_bn(p, Xtr_d)  # BatchNorm's mean and variance over the whole train split
 for name in ("train", "val"):
@@ -294,5 +405,10 @@ print(", ".join(sample_names(p, bn, vocab, block_size=3, n=10, seed=0)))
 # * **jit and its cache.** `jax.jit` traces a function once per input shape and dtype and reuses
 #   the compiled program afterwards. Python state read during tracing is baked in, so editing a
 #   global, or swapping a module's function, after the first call changes nothing. The grader
-#   wraps your function in a fresh `jit` on every call, and re-imports your file, so it always
-#   runs the code you have now.
+#   wraps your function in a fresh `jit` on every call.
+# * **Imports are cached too.** `from ex1_backward import backward` imports the file once per
+#   kernel: after an edit, running that line again hands back the old function (only
+#   `importlib.reload`, or a restarted kernel, reads the file again). So the cells here load
+#   your functions with `jn.load_function("ex1_backward.py:backward")`, which imports the file
+#   anew on every call, as `jaxninja check --candidate` does: each re-run grades the code on
+#   disk, once you have saved it.
