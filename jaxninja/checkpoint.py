@@ -32,6 +32,15 @@ FORMAT = "jaxninja-checkpoint-1"
 NAME = re.compile(r"ckpt-(\d+)\.safetensors")
 
 
+class BadCheckpoint(UsageError):
+    """A checkpoint that cannot be used; the message says what is wrong with it, and the advice
+    (`advice`) what to do, which a caller that knows more (a resume) replaces."""
+
+    def __init__(self, what: str, advice: str = "use another") -> None:
+        super().__init__(f"{what}: {advice}")
+        self.what = what
+
+
 class Checkpoint(NamedTuple):
     step: int  # training steps done
     model: ModelConfig
@@ -42,6 +51,7 @@ class Checkpoint(NamedTuple):
     bn_calibrated: BNStats | None  # over the whole train split, once training has ended
     opt_leaves: list[np.ndarray]  # the optimizer state, flattened
     losses: np.ndarray  # (step,) the training loss of every step so far
+    path: Path | None = None  # the file it was loaded from
 
     @property
     def bn(self) -> BNStats:
@@ -79,13 +89,14 @@ def save(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     return path
 
 
-def latest(run_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint of the highest step in a run directory, or None (also if there is no such
-    directory)."""
+def latest(run_dir: str | os.PathLike, below: int | None = None) -> Path | None:
+    """The checkpoint of the highest step in a run directory (below step `below`, if given), or
+    None (also if there is no such directory)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return None
     found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := NAME.fullmatch(p.name))]
+    found = [(step, p) for step, p in found if below is None or step < below]
     return max(found)[1] if found else None
 
 
@@ -122,8 +133,14 @@ def hold_run_dir(out_dir: str | os.PathLike) -> Iterator[None]:
             f"{out_dir} is being written by another run (pid {holder}): wait for it to end, "
             "or choose another --out"
         ) from None
+    if not re.fullmatch(rb"\d*\n?", os.read(fd, 64)):  # ours hold a pid, or nothing yet
+        os.close(fd)
+        raise UsageError(
+            f"{path / LOCK} is not a jaxninja run's lock, and a run would overwrite it: move it "
+            "away, or choose another --out"
+        )
     os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[path] = fd
     try:
         yield
@@ -146,10 +163,20 @@ def seed_runs(out_dir: str | os.PathLike) -> dict[int, Path]:
     return {seed: found[seed] for seed in sorted(found) if latest(found[seed])}
 
 
-def load_run(out_dir: str | os.PathLike, models: int = 1) -> list[Checkpoint]:
+def load_run(
+    out_dir: str | os.PathLike, models: int = 1, path: str | os.PathLike | None = None
+) -> list[Checkpoint]:
     """The latest checkpoints of a run to resume, loaded once: out_dir's (one model), or each
-    seed-* directory's (a run of `models` seeds), checked to be one run at one step."""
+    seed-* directory's (a run of `models` seeds), checked to be one run at one step; or the one
+    checkpoint `path` (train --resume PATH)."""
     out_dir = Path(out_dir)
+    if path is not None:
+        if models > 1:
+            raise UsageError(
+                "--resume PATH continues one model's checkpoint; a run of --seeds continues "
+                "from its --out: give --resume alone"
+            )
+        return [load(path)]
     found = seed_runs(out_dir)
     if found and len(found) != models:
         first = next(iter(found))
@@ -160,13 +187,29 @@ def load_run(out_dir: str | os.PathLike, models: int = 1) -> list[Checkpoint]:
     paths = [latest(d) for d in found.values()] if models > 1 else [latest(out_dir)]
     if not found and (models > 1 or paths[0] is None):
         raise UsageError(f"--resume: {out_dir} holds no checkpoint to resume from")
-    ckpts = [load(path) for path in paths]
+    ckpts = [_load_to_resume(path) for path in paths]
     if len({c.step for c in ckpts}) > 1:
         raise UsageError(
             f"the seeds' checkpoints in {out_dir} are at different steps: resume each seed-* "
             "directory alone, or start anew"
         )
     return ckpts
+
+
+def _load_to_resume(path: Path) -> Checkpoint:
+    """The newest checkpoint of a run; where it cannot be used, the message offers the one
+    before it (--resume PATH) instead of the newest, which --resume alone would take again."""
+    try:
+        return load(path)
+    except BadCheckpoint as e:
+        m = NAME.fullmatch(path.name)
+        earlier = latest(path.parent, below=int(m.group(1))) if m else None
+        advice = (
+            f"continue from the one before it with --resume {earlier}"
+            if earlier
+            else "start anew with another --out"
+        )
+        raise UsageError(f"{e.what}: {advice}") from None
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -201,43 +244,81 @@ def load(path: str | os.PathLike) -> Checkpoint:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(
-            f"{path} is not a readable checkpoint (truncated or corrupt: {reason}): use another"
+        raise BadCheckpoint(
+            f"{path} is not a readable checkpoint (truncated or corrupt: {reason})"
         ) from None
     if meta.get("format") != FORMAT:
-        raise UsageError(f"{path} is not a jaxninja checkpoint (format {meta.get('format')!r})")
+        raise BadCheckpoint(f"{path} is not a jaxninja checkpoint (format {meta.get('format')!r})")
+    model, train, vocab, step = _metadata(path, meta)
     try:
-        model = ModelConfig(**json.loads(meta["model"]))
-        train = TrainConfig(**json.loads(meta["train"]))
-        vocab = Vocab(tuple(json.loads(meta["vocab"])))
-        step = int(meta["step"])
         params = {k: tensors[f"params/{k}"] for k in PARAMS}
         bn_running = BNStats(tensors["bn/running_mean"], tensors["bn/running_var"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"{path} is an incomplete checkpoint (missing {e}): use another") from None
+    except KeyError as e:
+        raise BadCheckpoint(f"{path} is an incomplete checkpoint (no tensor {e})") from None
     if vocab.size != model.vocab_size:
-        raise UsageError(
+        raise BadCheckpoint(
             f"{path} is inconsistent: {vocab.size} characters, vocab_size {model.vocab_size}"
         )
     for k, shape in param_shapes(model).items():
         if params[k].shape != shape or params[k].dtype != np.dtype(model.dtype):
-            raise UsageError(
+            raise BadCheckpoint(
                 f"{path} is inconsistent: params/{k} is {params[k].dtype}{list(params[k].shape)}, "
                 f"its config says {model.dtype}{list(shape)}"
             )
+    _check_finite(path, tensors)
     calibrated = BNStats(tensors["bn/mean"], tensors["bn/var"]) if "bn/mean" in tensors else None
     opt_keys = sorted(k for k in tensors if k.startswith("opt/"))
     losses = tensors.get("losses", np.zeros((0,), np.float32))
     return Checkpoint(
         step, model, train, vocab, params, bn_running, calibrated,
-        [tensors[k] for k in opt_keys], losses,
+        [tensors[k] for k in opt_keys], losses, path,
     )  # fmt: skip
+
+
+def _metadata(path: Path, meta: dict[str, str]) -> tuple[ModelConfig, TrainConfig, Vocab, int]:
+    """The configs, vocabulary and step a checkpoint's metadata holds; a missing entry is an
+    incomplete checkpoint, one that does not parse a corrupt one."""
+    missing = [k for k in ("model", "train", "vocab", "step") if k not in meta]
+    if missing:
+        raise BadCheckpoint(
+            f"{path} is an incomplete checkpoint (no {missing[0]!r} in its metadata)"
+        )
+    try:
+        model = ModelConfig(**json.loads(meta["model"]))
+        train = TrainConfig(**json.loads(meta["train"]))
+        vocab = Vocab(tuple(json.loads(meta["vocab"])))
+        step = int(meta["step"])
+    except (TypeError, ValueError, UsageError) as e:  # JSONDecodeError is a ValueError
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadCheckpoint(
+            f"{path} is a corrupt checkpoint (its metadata does not read: {reason})"
+        ) from None
+    return model, train, vocab, step
+
+
+def _check_finite(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """A model with a NaN or inf in it is no trained model: sampling and evaluating it would print
+    empty names and `nan` losses as if they were results."""
+    for name, x in tensors.items():
+        if name.startswith(("params/", "bn/")) and not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).sum())
+            raise BadCheckpoint(
+                f"{path} holds {bad} NaN or inf of {x.size} values in {name}: it is not a usable "
+                "model",
+                "use an earlier checkpoint, or train again",
+            )
 
 
 def check_vocab(ckpt: Checkpoint, vocab: Vocab, source: str) -> None:
     """A checkpoint only makes sense on data of the vocabulary it was trained on."""
     if ckpt.vocab != vocab:
+        theirs, ours = set(ckpt.vocab.chars), set(vocab.chars)
+        only = [
+            f"{''.join(sorted(chars))!r} only in {where}"
+            for chars, where in ((theirs - ours, "the checkpoint's"), (ours - theirs, source))
+            if chars
+        ]
         raise UsageError(
-            f"the checkpoint's vocabulary ({ckpt.vocab.size} characters) is not that of {source} "
-            f"({vocab.size}): pass the --data it was trained on"
+            f"the checkpoint's vocabulary is not that of {source} ({'; '.join(only)}): pass the "
+            "--data it was trained on"
         )

@@ -14,7 +14,14 @@ from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-from jaxninja.config import DEFAULT_LR, OPTIMIZERS, ModelConfig, TrainConfig, training_model
+from jaxninja.config import (
+    DEFAULT_LR,
+    DEFAULT_TIMEOUT,
+    OPTIMIZERS,
+    ModelConfig,
+    TrainConfig,
+    training_model,
+)
 from jaxninja.errors import Interrupted, LostProcess, UsageError
 
 
@@ -114,7 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=None, help="download from this address instead")
     p.add_argument("--force", action="store_true", help="download even if the file exists")
 
-    p = sub.add_parser("check", help="verify the manual backward three ways; print the cmp table")
+    p = sub.add_parser(
+        "check",
+        help="verify the manual backward three ways; print the cmp table",
+        epilog="exit codes: 0 every row right; 1 a row is wrong; 2 bad input (one line says "
+        "what); 3, with --candidate, nothing written yet (every gradient still `...`)",
+    )
     _add_data_flag(p)
     _add_model_flags(p, ModelConfig())
     p.add_argument(
@@ -147,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the exercise --candidate answers: 1 fn(params, v, Xb, Yb) -> dict, "
         "2 fn(logits, Yb) -> dlogits, 3 fn(dhpreact, bngain, bnvar_inv, bnraw) -> dhprebn",
     )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds --candidate may run on a case, tracing included ({DEFAULT_TIMEOUT:g})",
+    )
 
     # train: every default None here means "TrainConfig's default, or the checkpoint's on --resume"
     p = sub.add_parser("train", help="train on the manual gradients (exercise 4), then evaluate")
@@ -171,7 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_flags(p, training_model(), with_defaults=False)
     p.add_argument("--out", default="out", help="run directory for checkpoints and plot (out)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue the run in --out from its latest checkpoint, or from CHECKPOINT "
+        "(a .safetensors file, such as out/ckpt-0050000.safetensors)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--backward",
@@ -227,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "exercises", help="write the exercise files and the walkthrough notebook into a folder"
     )
-    p.add_argument("folder", help="where to write them (made if missing; never overwritten)")
+    p.add_argument(
+        "folder", help="where to write them (made if missing; a file already there is kept)"
+    )
 
     for name, what in (("sample", "sample names"), ("eval", "split losses")):
         p = sub.add_parser(name, help=f"{what} of a trained checkpoint")
@@ -300,9 +328,11 @@ def _grade(args: argparse.Namespace) -> int:
     result = grade(
         fn, args.exercise, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size,
         n_hidden=args.n_hidden, n_embd=args.n_embd, block_size=args.block_size,
-        data=args.data, name=name,
+        data=args.data, name=name, timeout=args.timeout,
     )  # fmt: skip
     print(result.to_json() if args.json else result.format(wide=args.wide))
+    if not result.started:
+        return 3  # nothing written yet: not "OK", and not wrong either
     return 0 if result.ok else 1
 
 
@@ -351,12 +381,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     process never leaves the others waiting: the data, the configs (a --resume checkpoint read
     whole), and, in the process that writes, the run directory's lock."""
     from jaxninja import checkpoint, data
+    from jaxninja.model import check_fits
+    from jaxninja.train import refuse_foreign_files
 
     path = data.resolve_data_path(args.data)
     words = data.read_words(path)
     vocab = data.Vocab.from_words(words)
-    resume = checkpoint.load_run(args.out, args.seeds) if args.resume else None
+    chosen = None if args.resume is True else args.resume
+    resume = checkpoint.load_run(args.out, args.seeds, chosen) if args.resume else None
     model_cfg, train_cfg = _train_configs(args, vocab.size, resume)
+    check_fits(model_cfg)
+    refuse_foreign_files(args.out, train_cfg, args.seeds)
     writes = args.process_id in (None, 0)
     with checkpoint.hold_run_dir(args.out) if writes else nullcontext():
         _run_plan(args).start()
@@ -367,7 +402,7 @@ def _train_and_report(args, path, words, vocab, model_cfg, train_cfg, resume) ->
     from jaxninja import data, parallel
     from jaxninja.model import to_device
     from jaxninja.sample import sample_names
-    from jaxninja.train import train
+    from jaxninja.train import PLOT, train
 
     main = parallel.is_main_process()
     say = print if main else (lambda *_: None)
@@ -398,7 +433,7 @@ def _train_and_report(args, path, words, vocab, model_cfg, train_cfg, resume) ->
     params = to_device(ckpt.params)
     names = sample_names(params, ckpt.bn, vocab, model_cfg.block_size, n=10, seed=0)
     print("samples: " + ", ".join(names))
-    print(f"checkpoint: {result.path}; loss plot: {Path(args.out) / 'loss.png'}")
+    print(f"checkpoint: {result.path}; loss plot: {Path(args.out) / PLOT}")
     return 0
 
 
@@ -414,7 +449,8 @@ def _graded_backward(spec: str, model_cfg, data_path: Path):
         block_size=model_cfg.block_size, data=str(data_path), name=name,
     )  # fmt: skip
     if not result.ok:
-        raise UsageError(f"--backward {name} is refused: {result.verdict()}")
+        hint = f" (hint: {result.hint()})" if result.hint() else ""
+        raise UsageError(f"--backward {name} is refused: {result.verdict()}{hint}")
     if missing := [k for k in PARAMS if k not in result.written]:
         raise UsageError(
             f"--backward {name} is refused: training needs the gradients of the 7 parameters, "
@@ -490,8 +526,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_exercises(args: argparse.Namespace) -> int:
     from jaxninja.learn import GRADE_COMMANDS, write_exercises
 
-    written = write_exercises(args.folder)
-    print(f"wrote {', '.join(p.name for p in written)} into {args.folder}")
+    written, kept = write_exercises(args.folder)
+    if written:
+        print(f"wrote {', '.join(p.name for p in written)} into {args.folder}")
+    if kept:
+        print(f"kept {', '.join(p.name for p in kept)}: already there, left as they are")
     print(f"open walkthrough.ipynb, fill the `...  # TODO` lines, then grade from {args.folder}:")
     for command in GRADE_COMMANDS.values():
         print(f"  {command}")

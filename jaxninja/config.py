@@ -56,6 +56,9 @@ def check_batch_size(batch_size: int, n_examples: int | None = None, split: str 
         )
 
 
+# seconds a grade gives the learner's function on one case, tracing and compiling included
+DEFAULT_TIMEOUT = 60.0
+
 OPTIMIZERS = ("sgd", "adam")
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}  # the notebook's SGD rate; Adam's customary one
 

@@ -8,6 +8,7 @@ words file lives and downloads names.txt, checked against its SHA-256, when it i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -20,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxninja import memory
 from jaxninja.errors import UsageError
 from jaxninja.fileio import atomic_path
 
@@ -29,6 +31,9 @@ NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d
 DEFAULT_DATA = Path("data") / "names.txt"
 DATA_ENV = "JAXNINJA_DATA"
 SPLITS = ("train", "val", "test")
+# bytes per context-window element that build_dataset holds at its peak: the int64 sources and
+# their gather, the mask, and X itself
+WINDOW_BYTES = 32
 
 
 def read_words(path: str | os.PathLike) -> list[str]:
@@ -125,6 +130,12 @@ def build_dataset(words: list[str], vocab: Vocab, block_size: int) -> tuple[np.n
         raise UsageError(f"block size must be an integer >= 1, got {block_size!r}")
     if not words:
         return np.zeros((0, block_size), np.int32), np.zeros((0,), np.int32)
+    n = sum(len(w) + 1 for w in words)
+    memory.require(
+        n * block_size * WINDOW_BYTES,
+        f"{n:,} context windows of block size {block_size:,}",
+        "lower --block-size",
+    )
     Y = vocab.encode(TERMINATOR.join(words) + TERMINATOR)  # (N,) each word then its terminator
     lengths = np.array([len(w) + 1 for w in words])  # examples per word
     starts = np.repeat(
@@ -176,27 +187,48 @@ def download_names(
     timeout: float = 30.0,
 ) -> Path:
     """Fetch names.txt (from NAMES_URL unless `url`) and check its SHA-256 (NAMES_SHA256 unless
-    `sha256`); on any failure no new file is left at `dest` and an existing one is untouched."""
-    url = url or NAMES_URL
-    sha256 = sha256 or NAMES_SHA256
-    dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        digest = hashlib.sha256()
-        with open(tmp, "wb") as f:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    while chunk := response.read(1 << 16):
-                        digest.update(chunk)
-                        f.write(chunk)
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                reason = getattr(e, "reason", None) or e
+    `sha256`); on any failure nothing new is left behind (no file, no folder made for it) and an
+    existing file at `dest` is untouched."""
+    url, sha256, dest = url or NAMES_URL, sha256 or NAMES_SHA256, Path(dest)
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
+    try:
+        with atomic_path(dest) as tmp:
+            digest = _fetch(url, tmp, timeout)
+            if digest != sha256:
                 raise UsageError(
-                    f"download of {url} failed ({reason}): check the network, or copy names.txt "
-                    f"to {dest} yourself"
-                ) from None
-        if digest.hexdigest() != sha256:
-            raise UsageError(
-                f"download of {url} has SHA-256 {digest.hexdigest()}, expected {sha256}: "
-                "nothing was saved; try again, or copy the right names.txt yourself"
-            )
+                    f"download of {url} has SHA-256 {digest}, expected {sha256}: nothing was "
+                    f"saved; try again, or {_OR_YOURSELF}"
+                )
+    except OSError as e:  # the destination itself: a read-only or missing place
+        raise UsageError(
+            f"cannot write {dest} ({e.strerror or e}): choose another place with --data PATH"
+        ) from None
+    finally:
+        if not dest.exists():
+            for folder in made:  # innermost first; only what this call made, and only if empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     return dest
+
+
+# where a words file is looked for, for a message that sends the user to one
+_OR_YOURSELF = (
+    f"put a copy of names.txt at {DEFAULT_DATA}, or point --data PATH or ${DATA_ENV} at one"
+)
+
+
+def _fetch(url: str, tmp: Path, timeout: float) -> str:
+    """Stream `url` into `tmp`; its SHA-256. A failure of the network is a UsageError."""
+    digest = hashlib.sha256()
+    with open(tmp, "wb") as f:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                while chunk := response.read(1 << 16):
+                    digest.update(chunk)
+                    f.write(chunk)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise UsageError(
+                f"download of {url} failed ({reason}): check the network, or {_OR_YOURSELF}"
+            ) from None
+    return digest.hexdigest()

@@ -6,7 +6,8 @@ batch of 5 of another seed, so a batch size written in by hand, or a fit to one 
 compares what it returns with jax.grad, PyTorch autograd and the project's own backwards, row by
 row in the notebook's order, under verify's verdicts (shapes first; float32 judged against a
 float64 truth). `fn` is an argument, traced afresh on every call (a new jit each time), so an
-edited function is never graded by a stale compile.
+edited function is never graded by a stale compile; what it is compared against does not depend
+on it, and is computed once and kept (references.py). Running it is candidate.py's concern.
 
 The signatures, one per exercise (the exercise files, `jaxninja exercises DIR`, hold them):
   1. fn(params, v, Xb, Yb) -> dict: `v` holds the 19 intermediates of `forward_chunked` by the
@@ -19,25 +20,22 @@ A function that returns `...` (an unfilled exercise) has written nothing yet.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import json
-import sys
-import traceback
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from jaxninja import verify
+from jaxninja import candidate, references, verify
+from jaxninja.candidate import DEFAULT_TIMEOUT, load_function
 from jaxninja.config import ModelConfig, check_batch_size
-from jaxninja.data import load_splits, resolve_data_path
+from jaxninja.data import resolve_data_path
 from jaxninja.errors import UsageError
-from jaxninja.model import GRAD_ORDER, forward_chunked, make_case, to_device
+from jaxninja.model import GRAD_ORDER, to_device
+
+__all__ = ["EXERCISES", "Grade", "grade", "load_function"]
 
 
 class Exercise(NamedTuple):
@@ -68,10 +66,21 @@ class Grade(NamedTuple):
     reports: list[verify.Report]  # one per case
     written: list[str]  # the rows the function returned, in the notebook's order
     hints: list[str | None]  # per case: what the first failure looks like, where we can tell
+    notes: tuple[str, ...] = ()  # what the function's run showed beside the verdict (a print)
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.reports)
+        """Right in every case, with something written: an unfilled file is not "OK"."""
+        return bool(self.written) and all(r.ok for r in self.reports)
+
+    @property
+    def started(self) -> bool:
+        return bool(self.written) or self.first_failing_case() is not None
+
+    def hint(self) -> str | None:
+        """The hint for the first failing case, where its failure looks like a known mistake."""
+        i = self.first_failing_case()
+        return None if i is None else self.hints[i]
 
     @property
     def of(self) -> int:
@@ -84,11 +93,15 @@ class Grade(NamedTuple):
         """One line: where the learner stands."""
         done = f"{len(self.written)} of {self.of} written"
         i = self.first_failing_case()
+        if not self.started:
+            return (
+                f"NOT STARTED: {done}: nothing to grade yet; write a gradient where the file "
+                "says `...  # TODO`, then grade again"
+            )
         if i is None:
             rest = "" if len(self.written) == self.of else f" ({self.of - len(self.written)} to go)"
-            right = "all right" if self.written else "nothing to grade yet"
             cases = f"{len(self.reports)} case{'s' if len(self.reports) > 1 else ''}"
-            return f"OK: {done}, {right} in {cases}{rest}"
+            return f"OK: {done}, all right in {cases}{rest}"
         report, first = self.reports[i], self.reports[i].first_failure()
         where = f"case {i + 1} (batch {report.batch_size}, seed {report.seed}, {report.dtype})"
         if first is None:
@@ -113,8 +126,9 @@ class Grade(NamedTuple):
                 f"case {k + 1} of {len(self.reports)}: batch {report.batch_size}, seed "
                 f"{report.seed}, {report.dtype}: {state}{shown_here}"
             )
-        if i is not None and self.hints[i]:
-            lines.append(f"hint: {self.hints[i]}")
+        if hint := self.hint():
+            lines.append(f"hint: {hint}")
+        lines += [f"note: {note}" for note in self.notes]
         lines.append(self.verdict())
         return "\n".join(lines)
 
@@ -131,6 +145,7 @@ class Grade(NamedTuple):
                 "written": self.written,
                 "of": self.of,
                 "verdict": self.verdict(),
+                "notes": list(self.notes),
                 "cases": cases,
             },
             indent=2,
@@ -150,9 +165,14 @@ def grade(
     data: str | None = None,
     with_torch: bool | None = None,
     name: str | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> Grade:
     """Grade `fn` as exercise 1, 2 or 3 (signatures in the module docstring). With `seed` or
-    `batch_size` given, that one case (the other from the defaults); else DEFAULT_CASES."""
+    `batch_size` given, that one case (the other from the defaults); else DEFAULT_CASES.
+
+    What the function is compared against is computed once (references.py) and kept, in this
+    process and on disk. `timeout`: seconds a case may spend in `fn` (tracing it included)
+    before it is stopped; None for no limit."""
     if exercise not in EXERCISES:
         raise UsageError(f"exercise must be 1, 2 or 3, got {exercise!r}")
     _check_arity(fn, exercise)
@@ -162,17 +182,20 @@ def grade(
         cases = ((32 if batch_size is None else batch_size, 0 if seed is None else seed),)
     for b, _ in cases:
         check_batch_size(b)
-    splits = load_splits(resolve_data_path(data), block_size)
-    cfg = ModelConfig(splits.vocab.size, block_size, n_embd, n_hidden, dtype=dtype)
+    ModelConfig(2, block_size, n_embd, n_hidden, dtype=dtype)  # the sizes' own checks, first
+    sizes = references.Sizes(block_size, n_embd, n_hidden, dtype)
     if with_torch is None:
         with_torch = verify.torch_available()
+    path = resolve_data_path(data)
     name = name or getattr(fn, "__qualname__", repr(fn))
     results = [
-        _grade_case(fn, exercise, cfg, splits.data["train"], b, s, with_torch) for b, s in cases
+        _grade_case(fn, exercise, references.references(path, sizes, b, s, with_torch), timeout)
+        for b, s in cases
     ]
-    reports = [r for r, _, _ in results]
+    reports = [r for r, _, _, _ in results]
     written = [k for k in EXERCISES[exercise].rows if k in results[0][1]]
-    return Grade(exercise, name, reports, written, [h for _, _, h in results])
+    notes = tuple(dict.fromkeys(n for _, _, _, ns in results for n in ns))
+    return Grade(exercise, name, reports, written, [h for _, _, h, _ in results], notes)
 
 
 def _check_arity(fn: Callable, exercise: int) -> None:
@@ -194,29 +217,26 @@ class _NotWritten(Exception):
     """An exercise-2/3 function that returned `...`: nothing written yet."""
 
 
-def _grade_case(fn, exercise, cfg, data, batch_size, seed, with_torch):
-    """(report, the rows written, a hint) of one case."""
-    case = make_case(cfg, *data, batch_size, seed)
+def _grade_case(fn, exercise, refs: references.References, timeout):
+    """(report, the rows written, a hint, notes) of one case against its references."""
+    cfg, case = refs.cfg, refs.case
     with verify.check_context(cfg.dtype):
-        sources, losses, shapes = verify.gradient_sources(case, cfg.eps, with_torch)
-        p = to_device(case.params)
-        _, values = forward_chunked(p, case.Xb, case.Yb, eps=cfg.eps)
-        try:
-            yours = _run_candidate(fn, exercise, p, values, sources, case)
-        except _NotWritten:
-            yours = {}
-        except UsageError:
-            raise
-        except Exception as e:
-            raise UsageError(_their_exception(fn, e, exercise)) from None
-    sources["yours"] = jax.tree.map(np.asarray, yours)
+        p, values = to_device(case.params), to_device(refs.values)
+        with candidate.watching(fn, exercise, timeout) as notes:
+            try:
+                yours = _run_candidate(fn, exercise, p, values, refs.sources, case)
+            except _NotWritten:
+                yours = {}
+    sources = {**refs.sources, "yours": jax.tree.map(np.asarray, yours)}
     rows = EXERCISES[exercise].rows
     rows_of = {**verify.ROWS_OF, "yours": tuple(yours)}
-    compared = verify.compare(sources, shapes, cfg.dtype, GRADE_WAYS, rows, rows_of)
+    compared = verify.compare(sources, refs.shapes, cfg.dtype, GRADE_WAYS, rows, rows_of)
     for row in compared:
         row["written"] = row["name"] in yours
-    report = verify.make_report(cfg.dtype, batch_size, seed, GRADE_WAYS, compared, losses)
-    return report, yours, _hint(report, sources, case.Xb, np.asarray(values["bnraw"]))
+    report = verify.make_report(
+        cfg.dtype, len(case.Yb), refs.seed, GRADE_WAYS, compared, refs.losses
+    )
+    return report, yours, _hint(report, sources, case.Xb, refs.values["bnraw"]), notes
 
 
 def _run_candidate(fn, exercise, p, values, sources, case) -> dict[str, jax.Array]:
@@ -265,25 +285,6 @@ def _written(out: Any) -> dict[str, Any]:
     return {k: x for k, x in out.items() if x is not Ellipsis}
 
 
-def _their_exception(fn: Callable, e: Exception, exercise: int) -> str:
-    """One line for an exception raised in the learner's code: their file and line, and theirs."""
-    try:
-        theirs = Path(inspect.getsourcefile(inspect.unwrap(fn)) or "").resolve()
-    except TypeError:
-        theirs = None
-    frames = [
-        f
-        for f in traceback.extract_tb(e.__traceback__)
-        if theirs and Path(f.filename).resolve() == theirs
-    ]
-    message = (str(e).strip().splitlines() or [""])[0]
-    what = f"{type(e).__name__}: {message}" if message else type(e).__name__
-    if not frames:
-        return f"exercise {exercise}: your function raised {what}"
-    f = frames[-1]
-    return f"exercise {exercise}: {Path(f.filename).name}:{f.lineno}: `{f.line}` raised {what}"
-
-
 # --- hints: what the catalogue's mistakes look like from outside ------------------------------
 
 
@@ -305,7 +306,11 @@ def _hint(report: verify.Report, sources: dict, Xb: np.ndarray, bnraw: np.ndarra
             "logit_maxes": "softmax is shift-invariant: subtracting the max cannot change the loss",
             "b1": "BatchNorm subtracts the batch mean, so b1 cannot change the loss",
         }[name]
-        return f"d{name} is zero in exact arithmetic ({why}); yours is off by {first['message']}"
+        cell = row[first["way"]]
+        return (
+            f"d{name} is zero in exact arithmetic ({why}), but yours is {cell['error']:.3g} "
+            f"away from it, more than rounding explains ({cell['bound']:.3g})"
+        )
     if name == "C" and _wrong_only_where_repeated(yours, ref, Xb):
         return (
             "dC is wrong only in rows of characters read more than once in the batch: each read "
@@ -374,67 +379,3 @@ def _wrong_only_where_repeated(yours: np.ndarray, ref: np.ndarray, Xb: np.ndarra
     counts = np.bincount(np.asarray(Xb).ravel(), minlength=len(ref))
     wrong = np.abs(yours - ref).max(1) > 1e-4 * np.abs(ref).max()
     return bool(wrong.any() and (counts[wrong] > 1).all())
-
-
-# --- loading a learner's function --------------------------------------------------------------
-
-
-def load_function(spec: str) -> tuple[Callable, str]:
-    """`PATH.py:FUNCTION` or `module:function` -> (the function, its name as given). The file is
-    imported afresh on each call, so an edit is always seen."""
-    path_part, sep, func = spec.rpartition(":")
-    if not sep or not path_part or not func:
-        raise UsageError(f"{spec!r}: name a function as PATH.py:FUNCTION or module:function")
-    if path_part.endswith(".py") or "/" in path_part or "\\" in path_part:
-        module = _import_file(Path(path_part))
-    else:
-        try:
-            module = importlib.import_module(path_part)
-        except ModuleNotFoundError as e:
-            if e.name and path_part.startswith(e.name):
-                raise UsageError(f"no module named {path_part!r} (or a file: PATH.py)") from None
-            raise UsageError(_import_error(path_part, e)) from None
-        except Exception as e:
-            raise UsageError(_import_error(path_part, e)) from None
-    fn = getattr(module, func, None)
-    if not callable(fn):
-        defined = sorted(
-            k
-            for k, v in vars(module).items()
-            if inspect.isfunction(v) and v.__module__ == module.__name__
-        )
-        raise UsageError(
-            f"{path_part} has no function {func!r}"
-            + (f" (it defines {', '.join(defined)})" if defined else "")
-        )
-    return fn, spec
-
-
-def _import_file(path: Path):
-    if not path.is_file():
-        raise UsageError(f"no such file: {path}")
-    name = f"jaxninja_candidate_{uuid.uuid4().hex}"  # a fresh module: never a cached import
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and the like look themselves up there
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        raise UsageError(_import_error(str(path), e, path)) from None
-    finally:
-        sys.modules.pop(name, None)
-    return module
-
-
-def _import_error(what: str, e: Exception, path: Path | None = None) -> str:
-    frames = traceback.extract_tb(e.__traceback__)
-    if path is not None:
-        mine = [f for f in frames if Path(f.filename).resolve() == path.resolve()]
-        frames = mine or frames
-    where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}: " if frames else ""
-    if isinstance(e, SyntaxError) and e.lineno:
-        where = f"{Path(e.filename or what).name}:{e.lineno}: "
-        message = e.msg
-    else:
-        message = (str(e).strip().splitlines() or [""])[0]
-    return f"importing {what} failed: {where}{type(e).__name__}: {message}"

@@ -2,7 +2,8 @@
 
 They ship as package data (jaxninja/exercises), so a pip install has them. The notebook is kept
 there as a percent-format script (it reviews as code) and written out as .ipynb by jupytext.
-Nothing a learner already has is overwritten: a folder holding any of the files is refused whole.
+Nothing a learner already has is overwritten: a file already in the folder is kept as it is, and
+only the missing ones are written (so a deleted exercise can be had back).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from jaxninja.errors import UsageError
 from jaxninja.fileio import atomic_path
 
 EXERCISE_FILES = ("ex1_backward.py", "ex2_cross_entropy.py", "ex3_batchnorm.py")
-NOTEBOOK = "walkthrough.py"  # written out as walkthrough.ipynb
+NOTEBOOK = "walkthrough.py"  # written out as NOTEBOOK_OUT
+NOTEBOOK_OUT = "walkthrough.ipynb"
 # how each file is graded, from the folder that holds it
 GRADE_COMMANDS = {
     "ex1_backward.py": "jaxninja check --candidate ex1_backward.py:backward --exercise 1",
@@ -33,24 +35,27 @@ def source(name: str) -> Path:
     return Path(str(files("jaxninja") / "exercises" / name))
 
 
-def write_exercises(folder: str | os.PathLike) -> list[Path]:
-    """Write the three exercise files and walkthrough.ipynb into `folder` (made if missing);
-    refused, with nothing written, if it holds any of them already."""
+def write_exercises(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """Write into `folder` (made if missing) those of the three exercise files and
+    walkthrough.ipynb that it does not hold yet; (written, kept): a file already there is the
+    learner's, and is left exactly as it is."""
     import jupytext
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder} is a file, not a folder: choose a folder for the exercises")
-    targets = [folder / n for n in EXERCISE_FILES] + [folder / "walkthrough.ipynb"]
-    if taken := [p.name for p in targets if p.exists()]:
+    targets = [folder / n for n in EXERCISE_FILES] + [folder / NOTEBOOK_OUT]
+    kept = [p for p in targets if p.exists()]
+    written = [p for p in targets if not p.exists()]
+    try:
+        for target in written:
+            with atomic_path(target, suffix=target.suffix) as tmp:
+                if target.name == NOTEBOOK_OUT:
+                    jupytext.write(jupytext.read(source(NOTEBOOK)), tmp, fmt="ipynb")
+                else:
+                    tmp.write_bytes(source(target.name).read_bytes())
+    except OSError as e:
         raise UsageError(
-            f"{folder} already holds {', '.join(taken)}: nothing written, so your work is kept; "
-            "choose another folder, or move those files away"
-        )
-    for name, target in zip(EXERCISE_FILES, targets, strict=False):
-        with atomic_path(target, suffix=".py") as tmp:
-            tmp.write_bytes(source(name).read_bytes())
-    notebook = jupytext.read(source(NOTEBOOK))
-    with atomic_path(targets[-1], suffix=".ipynb") as tmp:
-        jupytext.write(notebook, tmp, fmt="ipynb")
-    return targets
+            f"cannot write into {folder} ({e.strerror or e}): choose a folder you can write to"
+        ) from None
+    return written, kept

@@ -9,6 +9,7 @@ whose caches feed the fused backward that training uses. Both give the same loss
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from functools import partial
 from typing import Any, NamedTuple
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxninja import layers
+from jaxninja import layers, memory
 from jaxninja.config import ModelConfig, check_batch_size
 from jaxninja.errors import UsageError
 
@@ -51,6 +52,32 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     }
 
 
+def n_params(cfg: ModelConfig) -> int:
+    return sum(math.prod(shape) for shape in param_shapes(cfg).values())
+
+
+# Copies of the parameters that a run holds at once, at most: the float64 draw, params, grads,
+# optimizer state, a checkpoint on its way to disk, and in a check each source's gradients.
+PARAM_COPIES = 12
+
+
+def needed_bytes(cfg: ModelConfig) -> int:
+    """Memory a run or a check of this model needs: its parameters' copies, and an evaluation
+    chunk's activations (EVAL_CHUNK examples of hidden units and logits, a few arrays of each)."""
+    itemsize = np.dtype(cfg.dtype).itemsize
+    activations = EVAL_CHUNK * (cfg.n_hidden + cfg.vocab_size) * itemsize * 4
+    return n_params(cfg) * 8 * PARAM_COPIES + activations
+
+
+def check_fits(cfg: ModelConfig) -> None:
+    """Refuse a model too large for this machine, before a byte of it is allocated."""
+    memory.require(
+        needed_bytes(cfg),
+        f"a model of {n_params(cfg):,} parameters (n_embd {cfg.n_embd}, n_hidden {cfg.n_hidden})",
+        "lower --n-hidden or --n-embd",
+    )
+
+
 def init_params(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
     """The notebook's initialisation, every draw seeded, as numpy arrays of cfg.dtype.
 
@@ -58,6 +85,7 @@ def init_params(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
     float32 rounding. W1 is Kaiming-scaled for tanh (gain 5/3); b1 is kept although BatchNorm
     makes it useless, as in the notebook, so its gradient gets checked too.
     """
+    check_fits(cfg)
     rng = np.random.default_rng([seed, 0])
     shapes = param_shapes(cfg)
     fan_in = cfg.n_embd * cfg.block_size

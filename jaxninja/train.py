@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache, partial, wraps
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -297,15 +297,33 @@ class Progress:
     compile_seconds: float = 0.0
 
 
+def run_dirs(out_dir: str | os.PathLike, tc: TrainConfig, models: int) -> tuple[Path, ...]:
+    """Each model's run directory: out_dir for one model, else out_dir/seed-<seed> for each."""
+    if models == 1:
+        return (Path(out_dir),)
+    return tuple(checkpoint.seed_dir(out_dir, s) for s in seeds_of(tc, models))
+
+
+def refuse_foreign_files(out_dir: str | os.PathLike, tc: TrainConfig, models: int) -> None:
+    """A run writes only files it owns: before it starts, refuse one whose plot would replace a
+    file that no jaxninja run wrote (checkpoints are refused by `start`, the lock's file by
+    checkpoint.hold_run_dir)."""
+    if not str(out_dir).strip():
+        raise UsageError('--out "" names no directory: give one, such as --out out')
+    for run_dir in run_dirs(out_dir, tc, models):
+        plot = run_dir / PLOT
+        if plot.exists() and not _our_plot(plot):
+            raise UsageError(
+                f"{plot} was not written by a jaxninja run, and this run would replace it: "
+                "move it away, or choose another --out"
+            )
+
+
 def plan_run(mc, tc, data, vocab, out_dir, where: parallel.RunPlan, backward) -> Plan:
     check_batch_size(tc.batch_size, len(data[0]))
     configs = tuple(replace(tc, seed=s) for s in seeds_of(tc, where.models))
     out_dir = Path(out_dir)
-    dirs = (
-        (out_dir,)
-        if len(configs) == 1
-        else tuple(checkpoint.seed_dir(out_dir, c.seed) for c in configs)
-    )
+    dirs = run_dirs(out_dir, tc, where.models)
     mesh = where.mesh(tc.batch_size)
     if backward is not None and mesh is not None and len(configs) == 1:
         raise UsageError("--backward trains on one device: drop --devices")
@@ -326,25 +344,36 @@ def start(plan: Plan, resume: list[checkpoint.Checkpoint] | None, say: Callable)
     for cfg, ckpt in zip(plan.configs, resume, strict=True):
         checkpoint.check_vocab(ckpt, plan.vocab, "the data")
         _check_resume(plan.mc, cfg, ckpt)
-    step, last = resume[0].step, checkpoint.latest(plan.dirs[0])
+    step = resume[0].step
+    last = resume[0].path if plan.models == 1 else checkpoint.latest(plan.dirs[0])
     say(f"resuming from {last if plan.models == 1 else plan.out_dir} at step {step}")
     states = [state_from_checkpoint(c) for c in resume]
     return Progress(step, _placed(plan, states), [np.stack([c.losses for c in resume], 1)], last)
 
 
 def _check_resume(mc: ModelConfig, tc: TrainConfig, ckpt: checkpoint.Checkpoint) -> None:
-    if ckpt.model != mc:
+    if changed := _changed(mc, ckpt.model, skip=("vocab_size",)):
         raise UsageError(
-            f"the run's model config differs from the checkpoint's ({ckpt.model}): "
-            "drop the flags that change it, or train into another --out"
+            f"the run's model differs from the checkpoint's: {changed}; drop the flags that "
+            "change it, or train into another --out"
         )
-    if replace(ckpt.train, steps=tc.steps) != tc:
+    if changed := _changed(tc, ckpt.train, skip=("steps",)):
         raise UsageError(
-            "the run's training config differs from the checkpoint's (only --steps "
-            "may change on --resume): drop the other flags, or use another --out"
+            f"only --steps may change on --resume, and {changed}: drop the other flags, or "
+            "train into another --out"
         )
     if ckpt.step > tc.steps:
         raise UsageError(f"the checkpoint is at step {ckpt.step}, beyond --steps {tc.steps}")
+
+
+def _changed(ours: Any, theirs: Any, skip: tuple[str, ...]) -> str:
+    """The fields of two configs that differ, each as its flag with both values."""
+    return "; ".join(
+        f"--{f.name.replace('_', '-')} is {getattr(ours, f.name)!r}, the checkpoint's "
+        f"{getattr(theirs, f.name)!r}"
+        for f in fields(ours)
+        if f.name not in skip and getattr(ours, f.name) != getattr(theirs, f.name)
+    )
 
 
 def _placed(plan: Plan, states: list[TrainState]) -> TrainState:
@@ -412,6 +441,7 @@ def _holding_out_dir(fn: Callable) -> Callable:
 
     @wraps(fn)
     def held(mc, tc, data, vocab, out_dir, **kw):
+        refuse_foreign_files(out_dir, tc, kw.get("seeds", 1))
         hold = checkpoint.hold_run_dir(out_dir) if parallel.is_main_process() else nullcontext()
         with hold:
             return fn(mc, tc, data, vocab, out_dir, **kw)
@@ -554,7 +584,7 @@ def _plot_all(losses: list[np.ndarray], dirs: tuple[Path, ...]) -> None:
         return
     log_all = np.concatenate(losses) if losses else np.zeros((0, len(dirs)))
     for k, d in enumerate(dirs):
-        plot_losses(log_all[:, k], d / "loss.png")
+        plot_losses(log_all[:, k], d / PLOT)
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -569,6 +599,21 @@ def _progress(total: int, initial: int, enabled: bool):
         unit_scale=True,
         smoothing=0.1,
     )
+
+
+PLOT = "loss.png"  # in each run directory
+_STAMP = "jaxninja"  # a text chunk in the PNG: a plot a run wrote, which a later run may replace
+
+
+def _our_plot(path: Path) -> bool:
+    """Whether the file at `path` is a loss plot a jaxninja run wrote (its PNG text says so)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "text", {}).get(_STAMP) == "loss plot"
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
 
 
 def plot_losses(losses: np.ndarray, path: str | os.PathLike) -> None:
@@ -593,6 +638,6 @@ def plot_losses(losses: np.ndarray, path: str | os.PathLike) -> None:
     fig.tight_layout()
     try:
         with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=100)
+            fig.savefig(tmp, dpi=100, metadata={_STAMP: "loss plot"})
     finally:
         plt.close(fig)

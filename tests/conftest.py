@@ -1,10 +1,20 @@
 """Strict JAX for every test: float64 available, rank promotion an error, full-precision matmuls,
-and the CPU split into 4 devices for the data-parallel tests (one device unless a test asks)."""
+and the CPU split into 4 devices for the data-parallel tests (one device unless a test asks);
+the grader's cache in a temporary folder."""
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
 import pytest
+
+# the grader's reference cache: a folder of this run's own, never the user's cache directory
+# (subprocesses the tests start inherit it)
+os.environ["JAXNINJA_CACHE"] = tempfile.mkdtemp(prefix="jaxninja-test-cache-")
+atexit.register(shutil.rmtree, os.environ["JAXNINJA_CACHE"], ignore_errors=True)
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -51,8 +51,8 @@ def test_an_unfilled_file_has_written_nothing(folder):
     fn, _ = load_function(f"{folder / 'ex1_backward.py'}:backward")
     result = grade(fn, 1, with_torch=False)
     assert result.reports[0].skipped == ["torch", "torch manual"]  # said, not silently left out
-    assert result.ok and result.written == []
-    assert result.verdict().startswith("OK: 0 of 26 written, nothing to grade yet")
+    assert not result.ok and not result.started and result.written == []  # not "OK"
+    assert result.verdict().startswith("NOT STARTED: 0 of 26 written: nothing to grade yet")
     assert "not written" in result.format()
 
 
@@ -115,7 +115,8 @@ def test_exercises_2_and_3_right_and_unfilled(folder):
     for exercise, (name, fn_name, answer) in answers.items():
         path = folder / name
         blank = grade(load_function(f"{path}:{fn_name}")[0], exercise, with_torch=False)
-        assert blank.ok and blank.verdict().startswith("OK: 0 of 1 written"), blank.verdict()
+        assert not blank.started, blank.verdict()
+        assert blank.verdict().startswith("NOT STARTED: 0 of 1 written"), blank.verdict()
         helper = answer.split("(", 1)[0]
         filled = path.read_text().replace("= ...  # TODO", f"= {answer}")
         filled = filled.replace(
@@ -248,7 +249,7 @@ def test_check_candidate_cli(folder, capsys):
     )
 
 
-def test_exercises_cli_writes_then_refuses(tmp_path, capsys):
+def test_exercises_cli_writes_then_keeps(tmp_path, capsys):
     assert main(["exercises", str(tmp_path / "new")]) == 0
     out = capsys.readouterr().out
     assert all(command in out for command in GRADE_COMMANDS.values())
@@ -260,8 +261,11 @@ def test_exercises_cli_writes_then_refuses(tmp_path, capsys):
         assert GRADE_COMMANDS[name] in text  # the docstring says how to grade it
     mine = tmp_path / "new" / "ex1_backward.py"
     mine.write_text("my work")
-    assert main(["exercises", str(tmp_path / "new")]) == 2
-    assert "already holds ex1_backward.py" in capsys.readouterr().err
+    (tmp_path / "new" / "ex3_batchnorm.py").unlink()  # deleted by mistake: to be had back
+    assert main(["exercises", str(tmp_path / "new")]) == 0
+    out = capsys.readouterr().out
+    assert "wrote ex3_batchnorm.py into" in out
+    assert "kept ex1_backward.py, ex2_cross_entropy.py, walkthrough.ipynb" in out
     assert mine.read_text() == "my work"
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == written  # no temp files left
 

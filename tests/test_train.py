@@ -101,7 +101,7 @@ def test_adam_resumes_bit_identical(splits, tmp_path):
 
 def test_resume_refuses_another_training_config(splits, tmp_path, whole):
     for changed in (replace(TC, lr=0.05), replace(TC, optimizer="adam"), replace(TC, seed=1)):
-        with pytest.raises(UsageError, match="training config differs from the checkpoint's"):
+        with pytest.raises(UsageError, match="only --steps may change on --resume, and --"):
             run(splits, whole.path.parent, tc=changed, resume=True)
 
 
