@@ -1,0 +1,25 @@
+"""Parity tests for any pair of JAX and PyTorch functions, and for any hand-written backward.
+
+`compare(jax_fn, torch_fn, params, *args)` runs both on the same seeded values and judges every
+output, every `tap` and every gradient (a shared random cotangent, `jax.vjp` against autograd):
+shapes, dtypes and NaNs first, then float64 within a bound calibrated on the row's own rounding,
+then the dtype under test against the reference's float64 run, `jaxninja check`'s verdict
+generalised. `check_backward` checks a layers.py-style layer the project's three ways.
+"""
+
+from jaxninja.parity.engine import assert_parity, check_backward, compare
+from jaxninja.parity.report import Report
+from jaxninja.parity.specs import Spec, integers, normal, uniform
+from jaxninja.parity.taps import tap
+
+__all__ = [
+    "Report",
+    "Spec",
+    "assert_parity",
+    "check_backward",
+    "compare",
+    "integers",
+    "normal",
+    "tap",
+    "uniform",
+]

@@ -1,0 +1,232 @@
+"""jaxninja.parity: real JAX/PyTorch pairs pass, real port bugs fail where they enter, and the
+verdict's two promises hold (1e-6 relative fails in float64 at any scale; rows that cancel in
+exact arithmetic raise no false alarm)."""
+
+import json
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from jaxninja import layers  # noqa: E402
+from jaxninja import parity as P  # noqa: E402
+from jaxninja.errors import UsageError  # noqa: E402
+from jaxninja.parity.verdict import PASSING  # noqa: E402
+from tests import parity_pairs as PP  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", list(PP.PAIRS))
+def test_correct_pairs_pass(name):
+    """Over 3 seeds, the pair's first shape, input scales 0.1, 1 and 10 (the sweep: more)."""
+    for scale in PP.SCALES:
+        report = P.assert_parity(*PP.case(name, PP.PAIRS[name].shapes[0], scale))
+        assert report.rows and all(r["verdict"] in PASSING for r in report.rows)
+
+
+@pytest.mark.parametrize("name", list(PP.BUGS))
+def test_bug_catalogue_fails_where_it_enters(name):
+    bug = PP.BUGS[name]
+    for scale in PP.SCALES:
+        report = P.compare(*PP.case(bug.pair, bug.shapes[0], scale, bug=name))
+        assert not report.ok
+        assert report.first_failure["name"] == bug.first_row, report.format()
+        tap = report.first_tap
+        assert (tap and tap["tap"]) == bug.first_tap, report.format()
+    with pytest.raises(AssertionError, match=re.escape(f"first failing row: {bug.first_row}")):
+        P.assert_parity(*PP.case(bug.pair, bug.shapes[0], 1.0, bug=name), seeds=(0,))
+
+
+def test_float64_fails_a_1e_6_relative_difference_at_any_scale():
+    """float32 cannot see it (its noise is larger); float64's bound is far below it."""
+    for scale in PP.SCALES:
+        report = P.compare(
+            lambda p, x: jnp.tanh(x) * (1 + 1e-6), lambda p, x: torch.tanh(x), {},
+            P.normal((16, 16), scale),
+        )  # fmt: skip
+        out = [r for r in report.rows if r["name"] == "out"]
+        assert all(r["verdict"] == "wrong" and r["float64"]["verdict"] == "wrong" for r in out)
+        # the bound is at most 1e-12 of the row's scale here: 1e-6 is a million times past it
+        assert all(r["float64"]["bound"] <= 1e-12 * r["float64"]["scale"] for r in out)
+
+
+def test_rows_that_cancel_exactly_raise_no_false_alarm():
+    """d b1 under BatchNorm and d max under softmax are zero in exact arithmetic: each side's
+    float64 value is rounding noise (nonzero), the two differ, and the row still passes."""
+    for name, row in (("batchnorm", "d params['b1']"), ("softmax", "d max")):
+        for scale in PP.SCALES:
+            report = P.compare(*PP.case(name, PP.PAIRS[name].shapes[0], scale))
+            rows = [r for r in report.rows if r["name"] == row]
+            assert len(rows) == 3 and all(r["verdict"] in PASSING for r in rows), report.format()
+            assert max(r["float64"]["error"] for r in rows) > 0  # noise there, tolerated
+            # float32 cannot judge a row that is all rounding: noise, and float64 judges
+            assert all(r["low"]["verdict"] == "noise" for r in rows)
+
+
+def test_taps_under_jit_even_compiled_before():
+    @jax.jit
+    def f(p, x):
+        h = P.tap("h", jnp.sin(x))
+        return h * p["w"][None, :]
+
+    x = np.linspace(0.0, 1.0, 12).reshape(3, 4)
+    w = np.ones(4)
+    assert np.array_equal(f({"w": w}, x), np.sin(x))  # traced and compiled without recording
+    assert P.tap("h", x) is x  # outside compare: x itself
+
+    def g(p, x):
+        return P.tap("h", torch.sin(x)) * p["w"]
+
+    report = P.assert_parity(f, g, {"w": w}, x, seeds=(0,))
+    names = [r["name"] for r in report.rows]
+    assert names == ["h", "out", "d h", "d params['w']", "d args[0]"]
+
+
+def test_one_sided_tap_is_listed_not_an_error():
+    def f(p, x):
+        return P.tap("only_jax", x * 2.0)
+
+    report = P.assert_parity(f, lambda p, x: x * 2.0, {}, P.normal((3,)), seeds=(0,))
+    one = {r["name"] for r in report.rows if r["verdict"] == "one-sided"}
+    assert one == {"only_jax", "d only_jax"}
+    assert "one side only" in report.format()
+
+
+def test_in_place_torch_changes_neither_jax_nor_caller():
+    x = np.arange(6.0).reshape(2, 3)
+
+    def t(p, x):
+        x.add_(1.0)
+        return x * 2.0
+
+    P.assert_parity(lambda p, x: (x + 1.0) * 2.0, t, {}, x, seeds=(0,))
+    assert np.array_equal(x, np.arange(6.0).reshape(2, 3))
+
+
+def test_integer_outputs_compared_exactly_and_pytrees():
+    def j(p, x, i):
+        return {"arg": jnp.argmax(x, -1), "picked": jnp.take_along_axis(x, i[:, None], 1)}
+
+    def t(p, x, i):
+        return {"arg": x.argmax(-1), "picked": x.gather(1, i[:, None])}
+
+    report = P.assert_parity(j, t, {}, P.normal((4, 5)), P.integers((4,), 0, 5), seeds=(0, 1))
+    names = [r["name"] for r in report.rows if r["seed"] == 0]
+    assert names == ["out['arg']", "out['picked']", "d args[0]"]
+
+
+def test_low_precision_dtypes_and_reference_jax():
+    pair = PP.PAIRS["layernorm"]
+    for dtype in ("float16", "bfloat16"):
+        report = P.assert_parity(*PP.case("layernorm", pair.shapes[0], 1.0), dtype=dtype)
+        assert {r["low"]["verdict"] for r in report.rows if r["low"]} <= {"ok", "noise"}
+    report = P.assert_parity(*PP.case("softmax", (4, 7), 1.0), reference="jax")
+    assert report.ways[0]["reference"] == "jax"
+    report = P.compare(*PP.case("layernorm", (4, 8), 1.0, bug="layernorm eps 1e-6"), dtype="float64")
+    assert report.first_failure["name"] == "xhat" and all(r["low"] is None for r in report.rows)
+
+
+def test_structure_shape_and_nonfinite_are_named():
+    report = P.compare(lambda p, x: (x, x), lambda p, x: [x], {}, P.normal((2,)), seeds=(0,))
+    assert report.first_failure["verdict"] == "structure"
+    assert "out[1] is only on the jax side" in report.first_failure["message"]
+    report = P.compare(
+        lambda p, x: jnp.log(x), lambda p, x: torch.log(x.abs()), {}, P.normal((8,)), seeds=(0,)
+    )
+    assert report.first_failure["verdict"] == "nonfinite"
+
+
+def test_bad_input_is_one_line():
+    x = P.normal((3,))
+
+    def raises(p, x):
+        return x.no_such_method()
+
+    cases = [
+        (lambda: P.compare(raises, lambda p, x: x, {}, x), r"AttributeError.*test_parity\.py:\d+"),
+        (lambda: P.compare(lambda p, x: 1.0, lambda p, x: x, {}, x), "returned a float at out"),
+        (lambda: P.compare(lambda p, x: x, lambda p, x: x, {"w": "a"}, x), r"params\['w'\]"),
+        (lambda: P.normal((2, -1)), "not a tuple of non-negative ints"),
+        (lambda: P.integers((2,), 3, 1), "low < high"),
+        (lambda: P.compare(lambda p, x: x, lambda p, x: x, {}, x, dtype="int8"), "choose one"),
+        (lambda: P.compare(lambda p, x: x, lambda p, x: x, {}, x, reference="np"), "choose"),
+    ]
+    for call, message in cases:
+        with pytest.raises(UsageError, match=message) as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
+def test_without_torch_compare_says_so(monkeypatch):
+    import jaxninja.parity.engine as engine
+
+    monkeypatch.setattr(engine, "torch_available", lambda: False)
+    with pytest.raises(UsageError, match="needs PyTorch"):
+        P.compare(lambda p, x: x, lambda p, x: x, {}, P.normal((2,)))
+    bn = batchnorm_layer(layers.batchnorm_backward)
+    assert P.check_backward(*bn, seeds=(0,)).ok  # no torch_fn: no torch needed
+
+
+def batchnorm_layer(backward_fn):
+    """The project's BatchNorm as check_backward's (forward, backward, params, x)."""
+
+    def forward(p, x):
+        return layers.batchnorm_forward(x, p["bngain"], p["bnbias"], PP.EPS)
+
+    def backward(dout, cache):
+        dx, dgain, dbias = backward_fn(dout, cache)
+        return {"bngain": dgain, "bnbias": dbias}, (dx,)
+
+    params = {"bngain": P.uniform((1, 6), 0.5, 1.5), "bnbias": P.normal((1, 6))}
+    return forward, backward, params, P.normal((8, 6), 3.0)
+
+
+def biased_backward(dout, cache):
+    """Exercise 3 with Bessel's n/(n-1) forgotten: a real learner's mistake."""
+    n = dout.shape[0]
+    dbias, dgain = dout.sum(0, keepdims=True), (dout * cache.bnraw).sum(0, keepdims=True)
+    dx = cache.bngain * cache.bnvar_inv / n * (n * dout - dbias - cache.bnraw * dgain)
+    return dx, dgain, dbias
+
+
+def bn_torch(p, x):
+    m, v = x.mean(0, keepdim=True), x.var(0, keepdim=True)
+    return p["bngain"] * (x - m) * (v + PP.EPS) ** -0.5 + p["bnbias"]
+
+
+def test_check_backward_three_ways():
+    report = P.check_backward(*batchnorm_layer(layers.batchnorm_backward), torch_fn=bn_torch)
+    assert report.ok and [w["way"] for w in report.ways] == [
+        "(1) jax.vjp", "(2) torch", "(3) jax~torch",
+    ]  # fmt: skip
+    report = P.check_backward(*batchnorm_layer(biased_backward), torch_fn=bn_torch)
+    first = report.first_failure
+    assert (first["way"], first["name"]) == ("(1) jax.vjp", "d args[0]"), report.format()
+    assert {r["way"] for r in report.failures()} == {"(1) jax.vjp", "(2) torch"}
+
+
+def test_report_table_and_json():
+    bug = PP.BUGS["causal mask off by one"]
+    report = P.compare(*PP.case(bug.pair, bug.shapes[0], 1.0, bug="causal mask off by one"))
+    text = report.format()
+    assert max(len(line) for line in text.splitlines()) <= 100
+    table = text.splitlines()[3:]
+    assert table[0].startswith("probs") and "WRONG" in table[0]  # the first failing row first
+    assert "the difference enters at `probs`" in text
+    data = json.loads(report.to_json())
+    assert data["ok"] is False and data["first_tap"]["tap"] == "probs"
+    assert {r["seed"] for r in data["rows"]} == {0, 1, 2}
+
+
+def test_readme_example_runs():
+    """The README's worked example, executed as written."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Parity tests for your own port", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
