@@ -303,7 +303,7 @@ def _check_finite(path: Path, tensors: dict[str, np.ndarray]) -> None:
         if name.startswith(("params/", "bn/")) and not np.isfinite(x).all():
             bad = int((~np.isfinite(x)).sum())
             raise BadCheckpoint(
-                f"{path} holds {bad} NaN or inf of {x.size} values in {name}: it is not a usable "
+                f"{path} holds {bad} NaN or inf of {x.size} values in {name}, so it is no usable "
                 "model",
                 "use an earlier checkpoint, or train again",
             )

@@ -191,6 +191,10 @@ def download_names(
     existing file at `dest` is untouched."""
     url, sha256, dest = url or NAMES_URL, sha256 or NAMES_SHA256, Path(dest)
     made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
+    if blocked := next((p for p in dest.parents if p.exists() and not p.is_dir()), None):
+        raise UsageError(
+            f"{blocked} is a file, not a folder: choose another place with --data PATH"
+        )
     try:
         with atomic_path(dest) as tmp:
             digest = _fetch(url, tmp, timeout)

@@ -129,15 +129,15 @@ def test_the_disk_cache_serves_a_new_process_and_a_bad_entry_is_recomputed(
 ):
     monkeypatch.setenv(references.CACHE_ENV, str(folder / "cache"))
     monkeypatch.setattr(references, "_memory", {})
-    data, sizes = folder / "names.txt", references.Sizes(3, 10, 16, "float32")
+    data, sizes = folder / "names.txt", references.Sizes(3, 10, 64, "float32")
     data.write_bytes(names_path.read_bytes())
-    first = references.references(data, sizes, 8, 4, False)
+    first = references.references(data, sizes, 32, 0, False)
     (entry,) = (folder / "cache").iterdir()
     monkeypatch.setattr(references, "_memory", {})  # a new process
     calls = []
     real = references._compute
     monkeypatch.setattr(references, "_compute", lambda *a: calls.append(a) or real(*a))
-    again = references.references(data, sizes, 8, 4, False)
+    again = references.references(data, sizes, 32, 0, False)
     assert calls == [] and np.array_equal(again.sources["fused"]["hprebn"],
                                           first.sources["fused"]["hprebn"])  # fmt: skip
     blob = bytearray(entry.read_bytes())
@@ -145,13 +145,13 @@ def test_the_disk_cache_serves_a_new_process_and_a_bad_entry_is_recomputed(
     for bad in (bytes(blob), b"garbage", b""):
         entry.write_bytes(bad)
         monkeypatch.setattr(references, "_memory", {})
-        fresh = references.references(data, sizes, 8, 4, False)
+        fresh = references.references(data, sizes, 32, 0, False)
         assert np.array_equal(fresh.sources["jax.grad"]["C"], first.sources["jax.grad"]["C"])
     assert len(calls) == 3 and references._read(entry, entry.stem[6:]) is not None  # rewritten
     with data.open("a") as f:  # other data: another entry
         f.write("zed\n")
     monkeypatch.setattr(references, "_memory", {})
-    references.references(data, sizes, 8, 4, False)
+    references.references(data, sizes, 32, 0, False)
     assert len(calls) == 4 and len(list((folder / "cache").iterdir())) == 2
 
 
