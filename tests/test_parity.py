@@ -32,15 +32,17 @@ def test_correct_pairs_pass(name):
 
 @pytest.mark.parametrize("name", list(PP.BUGS))
 def test_bug_catalogue_fails_where_it_enters(name):
+    """In float64, the verdict that comes first (one compile per bug; the float32 verdicts of
+    the catalogue: benchmarks/parity_sweep.py and test_report_table_and_json)."""
     bug = PP.BUGS[name]
     for scale in PP.SCALES:
-        report = P.compare(*PP.case(bug.pair, bug.shapes[0], scale, bug=name))
+        report = P.compare(*PP.case(bug.pair, bug.shapes[0], scale, bug=name), dtype="float64")
         assert not report.ok
         assert report.first_failure["name"] == bug.first_row, report.format()
         tap = report.first_tap
         assert (tap and tap["tap"]) == bug.first_tap, report.format()
     with pytest.raises(AssertionError, match=re.escape(f"first failing row: {bug.first_row}")):
-        P.assert_parity(*PP.case(bug.pair, bug.shapes[0], 1.0, bug=name), seeds=(0,))
+        P.assert_parity(*PP.case(bug.pair, bug.shapes[0], 1.0, bug=name), dtype="float64")
 
 
 def test_float64_fails_a_1e_6_relative_difference_at_any_scale():
@@ -48,12 +50,12 @@ def test_float64_fails_a_1e_6_relative_difference_at_any_scale():
     for scale in PP.SCALES:
         report = P.compare(
             lambda p, x: jnp.tanh(x) * (1 + 1e-6), lambda p, x: torch.tanh(x), {},
-            P.normal((16, 16), scale),
+            P.normal((16, 16), scale), dtype="float64",
         )  # fmt: skip
         out = [r for r in report.rows if r["name"] == "out"]
         assert all(r["verdict"] == "wrong" and r["float64"]["verdict"] == "wrong" for r in out)
-        # the bound is at most 1e-12 of the row's scale here: 1e-6 is a million times past it
-        assert all(r["float64"]["bound"] <= 1e-12 * r["float64"]["scale"] for r in out)
+        # the bound is at most 2e-12 of the row's scale here: 1e-6 is far past it
+        assert all(r["float64"]["bound"] <= 2e-12 * r["float64"]["scale"] for r in out)
 
 
 def test_rows_that_cancel_exactly_raise_no_false_alarm():
@@ -83,7 +85,7 @@ def test_taps_under_jit_even_compiled_before():
     def g(p, x):
         return P.tap("h", torch.sin(x)) * p["w"]
 
-    report = P.assert_parity(f, g, {"w": w}, x, seeds=(0,))
+    report = P.assert_parity(f, g, {"w": w}, x, seeds=(0,), dtype="float64")
     names = [r["name"] for r in report.rows]
     assert names == ["h", "out", "d h", "d params['w']", "d args[0]"]
 
@@ -92,7 +94,7 @@ def test_one_sided_tap_is_listed_not_an_error():
     def f(p, x):
         return P.tap("only_jax", x * 2.0)
 
-    report = P.assert_parity(f, lambda p, x: x * 2.0, {}, P.normal((3,)), seeds=(0,))
+    report = P.assert_parity(f, lambda p, x: x * 2.0, {}, P.normal((3,)), dtype="float64")
     one = {r["name"] for r in report.rows if r["verdict"] == "one-sided"}
     assert one == {"only_jax", "d only_jax"}
     assert "one side only" in report.format()
@@ -105,7 +107,7 @@ def test_in_place_torch_changes_neither_jax_nor_caller():
         x.add_(1.0)
         return x * 2.0
 
-    P.assert_parity(lambda p, x: (x + 1.0) * 2.0, t, {}, x, seeds=(0,))
+    P.assert_parity(lambda p, x: (x + 1.0) * 2.0, t, {}, x, seeds=(0,), dtype="float64")
     assert np.array_equal(x, np.arange(6.0).reshape(2, 3))
 
 
@@ -117,6 +119,7 @@ def test_integer_outputs_compared_exactly_and_pytrees():
         return {"arg": x.argmax(-1), "picked": x.gather(1, i[:, None])}
 
     report = P.assert_parity(j, t, {}, P.normal((4, 5)), P.integers((4,), 0, 5), seeds=(0, 1))
+    assert all(r["low"] is not None for r in report.rows if r["name"] == "out['picked']")
     names = [r["name"] for r in report.rows if r["seed"] == 0]
     assert names == ["out['arg']", "out['picked']", "d args[0]"]
 
@@ -128,7 +131,8 @@ def test_low_precision_dtypes_and_reference_jax():
         assert {r["low"]["verdict"] for r in report.rows if r["low"]} <= {"ok", "noise"}
     report = P.assert_parity(*PP.case("softmax", (4, 7), 1.0), reference="jax")
     assert report.ways[0]["reference"] == "jax"
-    report = P.compare(*PP.case("layernorm", (4, 8), 1.0, bug="layernorm eps 1e-6"), dtype="float64")
+    bug = PP.case("layernorm", (4, 8), 1.0, bug="layernorm eps 1e-6")
+    report = P.compare(*bug, dtype="float64")
     assert report.first_failure["name"] == "xhat" and all(r["low"] is None for r in report.rows)
 
 

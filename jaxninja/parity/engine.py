@@ -22,7 +22,7 @@ from jaxninja.verify import torch_available
 
 
 def _perturbed_cotangent(seed: int, i: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    return perturb(cotangent(seed, i, shape, np.float64), seed, 1, i).astype(dtype)
+    return np.asarray(perturb(cotangent(seed, i, shape, np.float64), seed, 1, i), dtype)
 
 
 def _check_options(seeds: Iterable[int], dtype: str) -> tuple[int, ...]:
@@ -61,7 +61,9 @@ def run_ways(
         r64 = {s: run(side, wide, "float64", cot) for s, side in sides.items()}
         p64 = {s: run(sides[s], moved, "float64", partial(_perturbed_cotangent, seed))
                for s in references}  # fmt: skip
-        low = {} if dtype == "float64" else {s: run(f, inputs, dtype, cot) for s, f in sides.items()}
+        low = (
+            {} if dtype == "float64" else {s: run(f, inputs, dtype, cot) for s, f in sides.items()}
+        )
         for name, other, ref in ways:
             runs = {"o64": r64[other], "r64": r64[ref], "p64": p64[ref]}
             if low:

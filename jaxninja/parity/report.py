@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from jaxninja.parity.verdict import PASSING, SEVERITY
 
-NAME_WIDTH = 20
+NAME_WIDTH = 27  # at most: with it a line is 98 columns
 MAX_MESSAGES = 8
 
 
@@ -82,17 +82,17 @@ def _worst_per_row(report: Report, way: str) -> list[dict[str, Any]]:
 
 
 def _num(x: float | None) -> str:
-    return f"{x:8.2e}" if x is not None else " " * 8
+    return f"{x:7.1e}" if x is not None else " " * 7
 
 
-def _line(r: dict[str, Any]) -> str:
-    name = r["name"] if len(r["name"]) <= NAME_WIDTH else "…" + r["name"][-NAME_WIDTH + 1 :]
+def _line(r: dict[str, Any], width: int) -> str:
+    name = r["name"] if len(r["name"]) <= width else "…" + r["name"][-width + 1 :]
     shape = r["shapes"][1] or r["shapes"][0]
     shape_text = "" if shape is None else str(tuple(shape))
     word = r["verdict"] if r["verdict"] in PASSING else r["verdict"].upper()
     f64, low = r["float64"] or {}, r["low"] or {}
     return (
-        f"{name:{NAME_WIDTH}s} {shape_text[:11]:11s} {word:9s} | {_num(f64.get('error'))} "
+        f"{name:{width}s} {shape_text[:11]:11s} {word:9s} | {_num(f64.get('error'))} "
         f"{_num(f64.get('bound'))} | {_num(low.get('error'))} {_num(low.get('ref_error'))} "
         f"{_num(low.get('bound'))} | {r['seed']}"
     ).rstrip()
@@ -102,17 +102,18 @@ def _table(report: Report, way: dict[str, str]) -> list[str]:
     other, ref = way["other"], way["reference"]
     low = report.dtype if report.dtype != "float64" else "-"
     title = f"{way['way']}: {other} against {ref} (the reference), {report.dtype}, seeds "
-    head = (
-        f"{'row':{NAME_WIDTH}s} {'shape':11s} {'verdict':9s} | {'f64 diff':>8s} {'bound':>8s} | "
-        f"{low[:8]:>8s} {'ref':>8s} {'bound':>8s} | seed"
-    )
     rows = _worst_per_row(report, way["way"])
+    width = min(NAME_WIDTH, max([3, *(len(r["name"]) for r in rows)]))
+    head = (
+        f"{'row':{width}s} {'shape':11s} {'verdict':9s} | {'f64 diff':>7s} {'bound':>7s} | "
+        f"{low[:7]:>7s} {'ref':>7s} {'bound':>7s} | seed"
+    )
     lines = [title + ", ".join(map(str, report.seeds)), head, "-" * len(head)]
-    lines += [_line(r) for r in rows]
+    lines += [_line(r, width) for r in rows]
     lines.append("-" * len(head))
     lines.append(
-        f"f64 diff: {other} - {ref} in float64; {low}: each side's distance from {ref}'s float64"
-        " run; worst seed"
+        f"f64 diff: {other} - {ref}; {low}: {other}'s distance from the truth ({ref} in float64), "
+        f"ref: {ref}'s own"
     )
     failing = [r for r in rows if r["verdict"] not in PASSING][:MAX_MESSAGES]
     lines += [f"  {r['name']}: {r['message']}"[:100] for r in failing]
@@ -126,14 +127,17 @@ def _summary(report: Report) -> list[str]:
     if noise := sorted({r["name"] for r in report.rows if r["verdict"] == "noise"}):
         lines.append(
             f"noise: {report.dtype} cannot tell right from wrong in {len(noise)} rows "
-            f"({', '.join(noise)})"[:92] + ": float64 judged them"
+            f"({', '.join(noise)})"[:92]
+            + ": float64 judged them"
         )
     first = report.first_failure
     if first is None:
         n = len({(r["way"], r["name"]) for r in report.rows})
         lines.append(f"OK: {n} rows x {len(report.seeds)} seeds agree, dtype {report.dtype}")
         return lines
-    lines.append(f"FAILED: first failing row: {first['name']} ({first['way']}, seed {first['seed']})")
+    lines.append(
+        f"FAILED: first failing row: {first['name']} ({first['way']}, seed {first['seed']})"
+    )
     lines.append(f"  {first['verdict']}: {first['message']}"[:100])
     if tap := report.first_tap:
         where = "the difference enters" + (" the backward" if tap["name"].startswith("d ") else "")

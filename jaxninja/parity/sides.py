@@ -57,7 +57,9 @@ def _library_dirs() -> tuple[str, ...]:
 def raised(label: str, e: BaseException) -> str:
     """One line: the exception, its message's first line, and the last frame in the user's code."""
     frames = [
-        f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(_library_dirs())
+        f
+        for f in traceback.extract_tb(e.__traceback__)
+        if not f.filename.startswith(_library_dirs())
     ]
     where = f" ({os.path.relpath(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
     text = (str(e).strip().splitlines() or [""])[0][:200]
@@ -168,7 +170,9 @@ def _grad_leaves(d: Any, treedef: Any) -> list:
         return treedef.flatten_up_to((d[0], tuple(d[1])))
     except (ValueError, TypeError) as e:
         first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise UsageError(f"backward's (dparams, dargs) do not match (params, args): {first}") from None
+        raise UsageError(
+            f"backward's (dparams, dargs) do not match (params, args): {first}"
+        ) from None
 
 
 def _jax_context(dtype: str):
@@ -180,15 +184,19 @@ def _jax_context(dtype: str):
     return stack
 
 
-def _run_program(shapes_fn, program, inputs, dtype, cot_of) -> tuple:
+def _run_program(shapes_fn, program, inputs, cot_of, label: str) -> tuple:
     mask = tuple(is_float(x) for x in inputs)
     floats = [jnp.asarray(x) for x, m in zip(inputs, mask, strict=True) if m]
     others = [jnp.asarray(x) for x, m in zip(inputs, mask, strict=True) if not m]
     try:
         return _with_cots(shapes_fn, program, floats, others, cot_of, eager=False)
     except _TRACER_ERRORS:  # Python control flow on values: run it op by op
+        pass
+    try:
         with jax.disable_jit():
             return _with_cots(shapes_fn, program, floats, others, cot_of, eager=True)
+    except _TRACER_ERRORS as e:
+        raise UsageError(raised(label, e)) from None
 
 
 def _with_cots(shapes_fn, program, floats, others, cot_of, eager: bool) -> tuple:
@@ -207,7 +215,7 @@ def jax_side(fn: Callable, label: str = "jax", backward: Callable | None = None)
         else:
             shapes_fn, program = _manual_program(fn, backward, treedef, mask)
         with _jax_context(dtype):
-            out, taps, dfloats, dtaps = _run_program(shapes_fn, program, inputs, dtype, cot_of)
+            out, taps, dfloats, dtaps = _run_program(shapes_fn, program, inputs, cot_of, label)
         return _as_run(out, taps, dfloats, dtaps, paths, mask, label)
 
     return run
@@ -274,18 +282,26 @@ def torch_side(fn: Callable, label: str = "torch") -> Callable:
         values |= {("out", p): _torch_to_numpy(x) for p, x in outs}
         grad_rows: dict[Key, np.ndarray | None] = {}
         if grads:
-            pairs = [
-                (x, torch.from_numpy(np.asarray(cot_of(i, tuple(x.shape), np.float64)))
-                 .to(x.dtype))  # fmt: skip
-                for i, (_, x) in enumerate(outs)
-                if x.is_floating_point() and x.requires_grad
-            ]
-            if pairs:
-                call(torch.autograd.backward, label, *map(list, zip(*pairs, strict=True)))
+            _torch_backward(outs, cot_of, label)
             grad_rows = _torch_grads(rec, leaves, paths)
         return Run(jax.tree.structure(out), values, grad_rows)
 
     return run
+
+
+def _torch_backward(outs: list[tuple[str, Any]], cot_of: CotangentOf, label: str) -> None:
+    """autograd with the shared cotangent of each float output (drawn in float64, rounded to
+    the output's dtype as the JAX side rounds it)."""
+    import torch
+
+    tensors, cots = [], []
+    for i, (_, x) in enumerate(outs):
+        if x.is_floating_point() and x.requires_grad:
+            tensors.append(x)
+            cot = np.asarray(cot_of(i, tuple(x.shape), np.float64))
+            cots.append(torch.from_numpy(cot).to(x.dtype))
+    if tensors:
+        call(torch.autograd.backward, label, tensors, cots)
 
 
 def _torch_grads(rec: TorchTaps, leaves: list, paths: list[str]) -> dict[Key, np.ndarray | None]:
@@ -297,5 +313,6 @@ def _torch_grads(rec: TorchTaps, leaves: list, paths: list[str]) -> dict[Key, np
             grads[("tap", k)] = _torch_to_numpy(rec.grads[k])
     for p, t in zip(paths, leaves, strict=True):
         if t is not None:  # no gradient reached it: zero, as jax.vjp says
-            grads[("in", p)] = _torch_to_numpy(t.grad if t.grad is not None else torch.zeros_like(t))
+            grad = t.grad if t.grad is not None else torch.zeros_like(t)
+            grads[("in", p)] = _torch_to_numpy(grad)
     return grads

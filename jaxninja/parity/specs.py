@@ -126,4 +126,4 @@ def perturb(x: np.ndarray, seed: int, stream: int, i: int) -> np.ndarray:
     if not is_float(x):
         return x
     sign = np.random.default_rng([seed, PERTURBATION, stream, i]).choice([-1.0, 1.0], x.shape)
-    return x * (1.0 + PERTURB_ULPS * EPS64 * sign)
+    return np.asarray(x * (1.0 + PERTURB_ULPS * EPS64 * sign))
