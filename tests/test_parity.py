@@ -54,8 +54,8 @@ def test_float64_fails_a_1e_6_relative_difference_at_any_scale():
         )  # fmt: skip
         out = [r for r in report.rows if r["name"] == "out"]
         assert all(r["verdict"] == "wrong" and r["float64"]["verdict"] == "wrong" for r in out)
-        # the bound is at most 2e-12 of the row's scale here: 1e-6 is far past it
-        assert all(r["float64"]["bound"] <= 2e-12 * r["float64"]["scale"] for r in out)
+        # the bound is under 1e-10 of the row's scale here: 1e-6 is 1e4 times past it
+        assert all(r["float64"]["bound"] <= 1e-10 * r["float64"]["scale"] for r in out)
 
 
 def test_rows_that_cancel_exactly_raise_no_false_alarm():
@@ -210,6 +210,7 @@ def test_check_backward_three_ways():
         "(1) jax.vjp", "(2) torch", "(3) jax~torch",
     ]  # fmt: skip
     report = P.check_backward(*batchnorm_layer(biased_backward), torch_fn=bn_torch)
+    assert max(len(line) for line in report.format().splitlines()) <= 100
     first = report.first_failure
     assert (first["way"], first["name"]) == ("(1) jax.vjp", "d args[0]"), report.format()
     assert {r["way"] for r in report.failures()} == {"(1) jax.vjp", "(2) torch"}

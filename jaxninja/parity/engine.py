@@ -17,12 +17,24 @@ from jaxninja.errors import UsageError
 from jaxninja.parity.report import Report
 from jaxninja.parity.sides import jax_side, torch_side
 from jaxninja.parity.specs import DTYPES, cotangent, draw, flatten_inputs, is_float, perturb
-from jaxninja.parity.verdict import way_rows
+from jaxninja.parity.verdict import scale, way_rows
 from jaxninja.verify import torch_available
 
 
 def _perturbed_cotangent(seed: int, i: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return np.asarray(perturb(cotangent(seed, i, shape, np.float64), seed, 1, i), dtype)
+
+
+class _Largest:
+    """A cotangent source that remembers the largest magnitude it gave."""
+
+    def __init__(self, draw: Callable) -> None:
+        self.draw, self.largest = draw, 0.0
+
+    def __call__(self, i: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        c = self.draw(i, shape, dtype)
+        self.largest = max(self.largest, scale(c))
+        return c
 
 
 def _check_options(seeds: Iterable[int], dtype: str) -> tuple[int, ...]:
@@ -57,8 +69,9 @@ def run_ways(
         def run(side: Callable, xs: list, dt: str, cot: Callable) -> Any:
             return side(xs, treedef, paths, dt, cot, grads)
 
-        cot = partial(cotangent, seed)
+        cot = _Largest(partial(cotangent, seed))
         r64 = {s: run(side, wide, "float64", cot) for s, side in sides.items()}
+        sources = {"values": max(map(scale, wide), default=0.0), "grads": cot.largest}
         p64 = {s: run(sides[s], moved, "float64", partial(_perturbed_cotangent, seed))
                for s in references}  # fmt: skip
         low = (
@@ -68,7 +81,7 @@ def run_ways(
             runs = {"o64": r64[other], "r64": r64[ref], "p64": p64[ref]}
             if low:
                 runs |= {"olo": low[other], "rlo": low[ref]}
-            for i, row in enumerate(way_rows(runs, other, ref, dtype)):
+            for i, row in enumerate(way_rows(runs, other, ref, dtype, sources)):
                 rows.append({"way": name, "seed": seed, "index": i, **row})
     way_info = [{"way": n, "other": o, "reference": r} for n, o, r in ways]
     return Report(dtype, seeds, way_info, rows)

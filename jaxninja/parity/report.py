@@ -111,10 +111,8 @@ def _table(report: Report, way: dict[str, str]) -> list[str]:
     lines = [title + ", ".join(map(str, report.seeds)), head, "-" * len(head)]
     lines += [_line(r, width) for r in rows]
     lines.append("-" * len(head))
-    lines.append(
-        f"f64 diff: {other} - {ref}; {low}: {other}'s distance from the truth ({ref} in float64), "
-        f"ref: {ref}'s own"
-    )
+    lines.append(f"f64 diff: {other} - {ref}, in float64; worst seed shown")
+    lines.append(f"{low}: {other}'s distance from the truth ({ref} in float64); ref: {ref}'s own")
     failing = [r for r in rows if r["verdict"] not in PASSING][:MAX_MESSAGES]
     lines += [f"  {r['name']}: {r['message']}"[:100] for r in failing]
     return lines

@@ -5,8 +5,9 @@ both sides hold the same ones). Then the values, twice:
   - float64: the two sides within F64_FACTOR x the row's own sensitivity, measured by running the
     reference again with every float input and cotangent moved by PERTURB_ULPS float64 ulps
     (which shows both the row's conditioning and its rounding noise as this input realizes it),
-    plus F64_FLOOR (1e-12) of the largest row of its kind (values or gradients): the scale a
-    row that cancels to zero in exact arithmetic is computed from;
+    plus F64_FLOOR (1e-12) of the largest magnitude that the row's kind is computed from and
+    makes: values, the inputs and every value row; gradients, the cotangents and every gradient
+    row. It is what a row that cancels to zero in exact arithmetic is made of;
   - the dtype under test: against the reference's float64 run as the truth, jaxninja check's
     float32 verdict (verify.float32_bound, verify.F32_CANNOT_TELL), with the dtype's own ulps.
 """
@@ -24,9 +25,10 @@ from jaxninja.parity.specs import is_float
 
 # The float64 factor: the two sides' distance over the reference's own sensitivity; the sweep
 # (benchmarks/parity_sweep.py) prints the largest ratio it saw on correct pairs. The floor is
-# check's for rows that are zero in exact arithmetic (verify.ZERO_REL, 1e-12), of the largest
-# row of the kind: a perturbation cannot show the rounding of a cancellation inside the
-# function (attention's dk where softmax saturates: 1e-12 made of roundings of O(10) terms).
+# check's for rows that are zero in exact arithmetic (verify.ZERO_REL, 1e-12), here of the
+# largest magnitude of the row's kind: a perturbation cannot show the rounding of a cancellation
+# inside the function (attention's dk where softmax saturates: 1e-12 made of roundings of O(10)
+# terms; softmax's d max where the input gradient is 1e-5: made of the cotangent's O(1)).
 F64_FACTOR = 16.0
 F64_FLOOR = verify.ZERO_REL
 # check's verdicts, and parity's two more: outputs whose trees differ, a tap on one side only
@@ -171,16 +173,18 @@ def _structure(o: Run, r: Run, labels: tuple[str, str]) -> dict[str, Any] | None
 
 
 def way_rows(
-    runs: dict[str, dict[str, Run]], other: str, ref: str, dtype: str
+    runs: dict[str, Run], other: str, ref: str, dtype: str, sources: dict[str, float]
 ) -> list[dict[str, Any]]:
     """Every row of one way (other against ref) on one seed. `runs` maps "o64", "r64", "p64",
-    "olo", "rlo" to each side's Run ("olo", "rlo" absent when the dtype is float64)."""
+    "olo", "rlo" to each side's Run ("olo", "rlo" absent when the dtype is float64); `sources`
+    the largest input ("values") and cotangent ("grads") magnitude."""
     labels = (other, ref)
     rows = [s] if (s := _structure(runs["o64"], runs["r64"], labels)) else []
     for kind in ("values", "grads"):
         o, r = getattr(runs["o64"], kind), getattr(runs["r64"], kind)
         keys = sorted(dict.fromkeys([*r, *o]), key=lambda k: k[0] != "tap")  # stable: taps first
         family = max([scale(x) for x in r.values() if x is not None and is_float(x)], default=0.0)
+        family = max(family, sources[kind])
         for key in keys:
             arrays = {
                 name: getattr(run, kind).get(key) if run is not None else None
