@@ -117,7 +117,9 @@ def test_a_failed_download_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no empty data/ folder
     (tmp_path / "file").write_text("x")
     assert main(["data", "download", "--data", str(tmp_path / "file" / "names.txt")]) == 2
-    assert "cannot write" in one_line_error(capsys)
+    assert "file is a file, not a folder: choose another place with --data PATH" in (
+        one_line_error(capsys)
+    )
 
 
 # --- checkpoints: non-finite, corrupt, another vocabulary; resume ---------------------------------
