@@ -46,6 +46,32 @@ def _check_options(seeds: Iterable[int], dtype: str) -> tuple[int, ...]:
     return tuple(int(s) for s in seeds)
 
 
+def _seed_runs(
+    sides: dict[str, Callable], references: set[str], leaves: list, treedef: Any, seed: int,
+    dtype: str, grads: bool,
+) -> tuple[dict, dict, dict, dict[str, float]]:  # fmt: skip
+    """Every side in float64, the references perturbed, every side in `dtype` (none when that
+    is float64), and the largest input and cotangent magnitudes (the float64 floor's scales)."""
+    paths = [p for p, _ in leaves]
+    inputs = draw(leaves, seed, dtype)
+    wide = [x.astype(np.float64) if is_float(x) else x for x in inputs]
+    moved = [perturb(x, seed, 0, i) for i, x in enumerate(wide)]
+
+    def run(side: Callable, xs: list, dt: str, cot: Callable) -> Any:
+        return side(xs, treedef, paths, dt, cot, grads)
+
+    cot = _Largest(partial(cotangent, seed))
+    r64 = {s: run(side, wide, "float64", cot) for s, side in sides.items()}
+    sources = {"values": max([scale(x) for x in wide if is_float(x)], default=0.0)}
+    sources["grads"] = cot.largest
+    moved_cot = partial(_perturbed_cotangent, seed)
+    p64 = {s: run(sides[s], moved, "float64", moved_cot) for s in references}
+    low = {}
+    if dtype != "float64":
+        low = {s: run(side, inputs, dtype, cot) for s, side in sides.items()}
+    return r64, p64, low, sources
+
+
 def run_ways(
     sides: dict[str, Callable],
     ways: list[tuple[str, str, str]],
@@ -58,25 +84,10 @@ def run_ways(
     """Judge each way (name, other side, reference side) on every seed."""
     seeds = _check_options(seeds, dtype)
     leaves, treedef = flatten_inputs(params, args)
-    paths = [p for p, _ in leaves]
     references = {ref for _, _, ref in ways}
     rows = []
     for seed in seeds:
-        inputs = draw(leaves, seed, dtype)
-        wide = [x.astype(np.float64) if is_float(x) else x for x in inputs]
-        moved = [perturb(x, seed, 0, i) for i, x in enumerate(wide)]
-
-        def run(side: Callable, xs: list, dt: str, cot: Callable) -> Any:
-            return side(xs, treedef, paths, dt, cot, grads)
-
-        cot = _Largest(partial(cotangent, seed))
-        r64 = {s: run(side, wide, "float64", cot) for s, side in sides.items()}
-        sources = {"values": max(map(scale, wide), default=0.0), "grads": cot.largest}
-        p64 = {s: run(sides[s], moved, "float64", partial(_perturbed_cotangent, seed))
-               for s in references}  # fmt: skip
-        low = (
-            {} if dtype == "float64" else {s: run(f, inputs, dtype, cot) for s, f in sides.items()}
-        )
+        r64, p64, low, sources = _seed_runs(sides, references, leaves, treedef, seed, dtype, grads)
         for name, other, ref in ways:
             runs = {"o64": r64[other], "r64": r64[ref], "p64": p64[ref]}
             if low:

@@ -5,7 +5,7 @@ inputs in the run's dtype and returns a `Run`: outputs, taps and gradients as nu
 JAX sides run jitted, one compile per function, tree and dtype, reused over seeds; the function
 is traced under `jax.disable_jit()`, so a `jax.jit` inside it is inlined: its taps are seen even
 when it was compiled before outside `compare`, and their values leave through the outer trace.
-A function that cannot be traced (Python control flow on values) runs eagerly instead.
+A function that cannot be traced (Python control flow on values) is named, as bad input.
 """
 
 from __future__ import annotations
@@ -91,12 +91,6 @@ def _merge(floats: list, others: list, mask: tuple[bool, ...]) -> list:
     return [next(f) if m else next(o) for m in mask]
 
 
-def _shapes(fn: Callable, eager: bool, *args: Any) -> Any:
-    if not eager:
-        return jax.eval_shape(fn, *args)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), fn(*args))
-
-
 def _zeros(tap_shapes: dict) -> dict:
     return {k: jnp.zeros(s.shape, s.dtype) for k, s in tap_shapes.items() if is_float(s)}
 
@@ -104,7 +98,7 @@ def _zeros(tap_shapes: dict) -> dict:
 @lru_cache(maxsize=128)
 def _jax_program(fn: Callable, treedef: Any, mask: tuple, grads: bool, label: str):
     """(forward, program): forward(floats, others, perturb) -> (float outputs, (out, taps));
-    program(floats, others, cotangents, eager) -> (out, taps, d floats, d taps)."""
+    program(floats, others, cotangents) -> (out, taps, d floats, d taps)."""
 
     def forward(floats, others, perturb):
         rec = JaxTaps(perturb)
@@ -114,16 +108,16 @@ def _jax_program(fn: Callable, treedef: Any, mask: tuple, grads: bool, label: st
         leaves = [x for _, x in _out_leaves(out, label, jax.Array)]
         return [x for x in leaves if is_float(x)], (out, rec.values)
 
-    def program(floats, others, cots, eager=False):
+    def program(floats, others, cots):
         if not grads:
             return (*forward(floats, others, {})[1], None, None)
-        perturb = _zeros(_shapes(forward, eager, floats, others, {})[1][1])
+        perturb = _zeros(jax.eval_shape(forward, floats, others, {})[1][1])
         _, vjp_fn, (out, taps) = jax.vjp(
             lambda f, p: forward(f, others, p), floats, perturb, has_aux=True
         )
         return (out, taps, *vjp_fn(cots))
 
-    return forward, jax.jit(program, static_argnames="eager", compiler_options=COMPILER_OPTIONS)
+    return forward, jax.jit(program, compiler_options=COMPILER_OPTIONS)
 
 
 @lru_cache(maxsize=128)
@@ -139,7 +133,7 @@ def _manual_program(forward_fn: Callable, backward_fn: Callable, treedef: Any, m
         leaves = [x for _, x in _out_leaves(out, "forward", jax.Array)]
         return [x for x in leaves if is_float(x)], (out, rec.values, cache)
 
-    def program(floats, others, cots, eager=False):
+    def program(floats, others, cots):
         _, (out, taps, cache) = forward(floats, others, {})
         cot = iter(cots)
         leaves, out_tree = jax.tree.flatten(out)
@@ -153,7 +147,7 @@ def _manual_program(forward_fn: Callable, backward_fn: Callable, treedef: Any, m
         diff, (out, taps, _) = forward(floats, others, perturb)
         return diff, (out, taps)
 
-    return shapes_only, jax.jit(program, static_argnames="eager", compiler_options=COMPILER_OPTIONS)
+    return shapes_only, jax.jit(program, compiler_options=COMPILER_OPTIONS)
 
 
 def _pair(result: Any) -> tuple[Any, Any]:
@@ -189,20 +183,11 @@ def _run_program(shapes_fn, program, inputs, cot_of, label: str) -> tuple:
     floats = [jnp.asarray(x) for x, m in zip(inputs, mask, strict=True) if m]
     others = [jnp.asarray(x) for x, m in zip(inputs, mask, strict=True) if not m]
     try:
-        return _with_cots(shapes_fn, program, floats, others, cot_of, eager=False)
-    except _TRACER_ERRORS:  # Python control flow on values: run it op by op
-        pass
-    try:
-        with jax.disable_jit():
-            return _with_cots(shapes_fn, program, floats, others, cot_of, eager=True)
-    except _TRACER_ERRORS as e:
-        raise UsageError(raised(label, e)) from None
-
-
-def _with_cots(shapes_fn, program, floats, others, cot_of, eager: bool) -> tuple:
-    out_shapes = jax.tree.leaves(_shapes(shapes_fn, eager, floats, others, {})[1][0])
-    cots = [cot_of(i, s.shape, s.dtype) for i, s in enumerate(out_shapes) if is_float(s)]
-    return program(floats, others, cots, eager=eager)
+        out_shapes = jax.tree.leaves(jax.eval_shape(shapes_fn, floats, others, {})[1][0])
+        cots = [cot_of(i, s.shape, s.dtype) for i, s in enumerate(out_shapes) if is_float(s)]
+        return program(floats, others, cots)
+    except _TRACER_ERRORS as e:  # Python control flow on values: jax.vjp cannot trace it
+        raise UsageError(raised(label, e) + ": use jnp.where or jax.lax.cond") from None
 
 
 def jax_side(fn: Callable, label: str = "jax", backward: Callable | None = None) -> Callable:
