@@ -14,6 +14,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -24,6 +25,7 @@ import numpy as np
 from jaxninja.errors import UsageError
 from jaxninja.parity.specs import is_float
 from jaxninja.parity.taps import JaxTaps, TorchTaps, recording
+from jaxninja.verify import check_context
 
 _TRACER_ERRORS = (
     jax.errors.ConcretizationTypeError,
@@ -169,9 +171,7 @@ def _grad_leaves(d: Any, treedef: Any) -> list:
         ) from None
 
 
-def _jax_context(dtype: str):
-    from jaxninja.verify import check_context
-
+def _jax_context(dtype: str) -> ExitStack:
     stack = check_context(dtype)
     if dtype != "float64":  # the dtype under test as a user runs it: without x64
         stack.enter_context(jax.enable_x64(False))
