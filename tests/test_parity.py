@@ -71,6 +71,22 @@ def test_rows_that_cancel_exactly_raise_no_false_alarm():
             assert all(r["low"]["verdict"] == "noise" for r in rows)
 
 
+def test_cancelling_row_whose_input_gradient_is_tiny():
+    """Softmax at scale 10 saturates: d x is ~1e-5, while d max (zero in exact arithmetic) is
+    rounding of the cotangent's O(1) terms; the floor counts the cotangents (seed 4 of this
+    case false-alarmed when it counted the gradient rows alone)."""
+
+    def only_max(p, x, lib):
+        m = P.tap("max", x.max(-1, keepdims=True) if lib is jnp else x.max(-1, True).values)
+        return jax.nn.softmax(x - m, axis=-1) if lib is jnp else torch.softmax(x - m, -1)
+
+    report = P.compare(
+        lambda p, x: only_max(p, x, jnp), lambda p, x: only_max(p, x, torch), {},
+        P.normal((4, 7), 10.0), seeds=range(5), dtype="float64",
+    )  # fmt: skip
+    assert report.ok, report.format()
+
+
 def test_taps_under_jit_even_compiled_before():
     @jax.jit
     def f(p, x):
