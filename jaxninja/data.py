@@ -197,11 +197,11 @@ def download_names(
         )
     try:
         with atomic_path(dest) as tmp:
-            digest = _fetch(url, tmp, timeout)
+            digest = _fetch(url, tmp, timeout, dest)
             if digest != sha256:
                 raise UsageError(
                     f"download of {url} has SHA-256 {digest}, expected {sha256}: nothing was "
-                    f"saved; try again, or {_OR_YOURSELF}"
+                    f"saved; try again, or {_yourself(dest)}"
                 )
     except OSError as e:  # the destination itself: a read-only or missing place
         raise UsageError(
@@ -215,13 +215,12 @@ def download_names(
     return dest
 
 
-# where a words file is looked for, for a message that sends the user to one
-_OR_YOURSELF = (
-    f"put a copy of names.txt at {DEFAULT_DATA}, or point --data PATH or ${DATA_ENV} at one"
-)
+def _yourself(dest: Path) -> str:
+    """Where the user can put a words file instead, for a message that sends them to one."""
+    return f"put a copy of names.txt at {dest}, or point --data PATH or ${DATA_ENV} at one"
 
 
-def _fetch(url: str, tmp: Path, timeout: float) -> str:
+def _fetch(url: str, tmp: Path, timeout: float, dest: Path) -> str:
     """Stream `url` into `tmp`; its SHA-256. A failure of the network is a UsageError."""
     digest = hashlib.sha256()
     with open(tmp, "wb") as f:
@@ -233,6 +232,6 @@ def _fetch(url: str, tmp: Path, timeout: float) -> str:
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", None) or e
             raise UsageError(
-                f"download of {url} failed ({reason}): check the network, or {_OR_YOURSELF}"
+                f"download of {url} failed ({reason}): check the network, or {_yourself(dest)}"
             ) from None
     return digest.hexdigest()

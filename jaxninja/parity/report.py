@@ -113,8 +113,10 @@ def _table(report: Report, way: dict[str, str]) -> list[str]:
     lines.append("-" * len(head))
     lines.append(f"f64 diff: {other} - {ref}, in float64; worst seed shown")
     lines.append(f"{low}: {other}'s distance from the truth ({ref} in float64); ref: {ref}'s own")
-    failing = [r for r in rows if r["verdict"] not in PASSING][:MAX_MESSAGES]
-    lines += [f"  {r['name']}: {r['message']}"[:100] for r in failing]
+    failing = [r for r in rows if r["verdict"] not in PASSING]
+    lines += [f"  {r['name']}: {r['message']}"[:100] for r in failing[:MAX_MESSAGES]]
+    if len(failing) > MAX_MESSAGES:  # the table above has them all
+        lines.append(f"  ... and {len(failing) - MAX_MESSAGES} more failing rows (in the table)")
     return lines
 
 
