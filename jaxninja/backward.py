@@ -108,22 +108,21 @@ def backward_fused(
 
     Not jitted itself (it runs inside the caller's jit, next to the forward that made `cache`).
     With `axis_name` (a batch sharded under shard_map), the per-example gradients stay local and
-    the weight gradients, sums over this device's examples, are all-reduced into the global ones;
-    dbngain and dbnbias come out of BatchNorm's backward already reduced. `dhprebn_fn` (the
+    each layer's backward all-reduces its weight gradients, sums over this device's examples,
+    into the global ones. `dhprebn_fn` (the
     signature of `dhprebn_fused`; one device only) takes the seat of exercise 3: the mistake
     catalogue's tests put a mutated BatchNorm backward there.
     """
     dlogits = layers.cross_entropy_backward(dloss, cache.ce, axis_name)  # (B, V)
-    dh, dW2, db2 = layers.linear_backward(dlogits, cache.lin2)  # (B, H)
+    dh, dW2, db2 = layers.linear_backward(dlogits, cache.lin2, axis_name)  # (B, H)
     dhpreact = layers.tanh_backward(dh, cache.tanh)  # (B, H)
     dhprebn, dbngain, dbnbias = layers.batchnorm_backward(dhpreact, cache.bn, axis_name)
     if dhprebn_fn is not None:
         bn = cache.bn
         dhprebn = dhprebn_fn(dhpreact, bn.bngain, bn.bnvar_inv, bn.bnraw)
-    dembcat, dW1, db1 = layers.linear_backward(dhprebn, cache.lin1)  # (B, T*E)
-    dC = layers.embedding_backward(dembcat, cache.emb)  # (V, E)
-    if axis_name is not None:
-        dC, dW1, db1, dW2, db2 = jax.lax.psum((dC, dW1, db1, dW2, db2), axis_name)
+    dembcat, dW1, db1 = layers.linear_backward(dhprebn, cache.lin1, axis_name)  # (B, T*E)
+    demb = layers.flatten_consecutive_backward(dembcat, cache.flat)  # (B, T, E)
+    dC = layers.embedding_backward(demb, cache.emb, axis_name)  # (V, E)
     return {
         "logits": dlogits, "h": dh, "W2": dW2, "b2": db2, "hpreact": dhpreact,
         "bngain": dbngain, "bnbias": dbnbias, "hprebn": dhprebn, "embcat": dembcat,

@@ -22,11 +22,12 @@ import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError, safe_open
 
+from jaxninja import models
 from jaxninja.config import ModelConfig, TrainConfig
 from jaxninja.data import Vocab
 from jaxninja.errors import UsageError
 from jaxninja.fileio import atomic_path
-from jaxninja.model import PARAMS, BNStats, param_shapes
+from jaxninja.layers import BNStats
 
 FORMAT = "jaxninja-checkpoint-1"
 NAME = re.compile(r"ckpt-(\d+)\.safetensors")
@@ -47,14 +48,14 @@ class Checkpoint(NamedTuple):
     train: TrainConfig
     vocab: Vocab
     params: dict[str, np.ndarray]
-    bn_running: BNStats  # running mean/var kept during training
-    bn_calibrated: BNStats | None  # over the whole train split, once training has ended
+    bn_running: dict[str, BNStats]  # by BatchNorm name: running mean/var kept during training
+    bn_calibrated: dict[str, BNStats] | None  # over the whole train split, once training ended
     opt_leaves: list[np.ndarray]  # the optimizer state, flattened
     losses: np.ndarray  # (step,) the training loss of every step so far
     path: Path | None = None  # the file it was loaded from
 
     @property
-    def bn(self) -> BNStats:
+    def bn(self) -> dict[str, BNStats]:
         """The statistics inference uses: calibrated where there are some, else running."""
         return self.bn_calibrated if self.bn_calibrated is not None else self.bn_running
 
@@ -66,10 +67,11 @@ def filename(step: int) -> str:
 def save(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     """Write `ckpt` to `path` atomically."""
     path = Path(path)
-    tensors = {f"params/{k}": np.asarray(ckpt.params[k]) for k in PARAMS}
-    tensors["bn/running_mean"], tensors["bn/running_var"] = map(np.asarray, ckpt.bn_running)
-    if ckpt.bn_calibrated is not None:
-        tensors["bn/mean"], tensors["bn/var"] = map(np.asarray, ckpt.bn_calibrated)
+    tensors = {f"params/{k}": np.asarray(ckpt.params[k]) for k in models.of(ckpt.model).param_shapes(ckpt.model)}
+    for name, (mean, var) in ckpt.bn_running.items():  # the MLP's: bn/running_mean, ...
+        tensors[f"{name}/running_mean"], tensors[f"{name}/running_var"] = mean, var
+    for name, (mean, var) in (ckpt.bn_calibrated or {}).items():
+        tensors[f"{name}/mean"], tensors[f"{name}/var"] = mean, var
     for i, leaf in enumerate(ckpt.opt_leaves):
         tensors[f"opt/{i:03d}"] = np.asarray(leaf)
     tensors["losses"] = np.asarray(ckpt.losses, np.float32)
@@ -250,23 +252,29 @@ def load(path: str | os.PathLike) -> Checkpoint:
     if meta.get("format") != FORMAT:
         raise BadCheckpoint(f"{path} is not a jaxninja checkpoint (format {meta.get('format')!r})")
     model, train, vocab, step = _metadata(path, meta)
-    try:
-        params = {k: tensors[f"params/{k}"] for k in PARAMS}
-        bn_running = BNStats(tensors["bn/running_mean"], tensors["bn/running_var"])
-    except KeyError as e:
-        raise BadCheckpoint(f"{path} is an incomplete checkpoint (no tensor {e})") from None
+    m = models.of(model)
+    bn_names = tuple(m.bn_shapes(model))
+    expected = {f"params/{k}": shape for k, shape in m.param_shapes(model).items()}
+    for name, shape in m.bn_shapes(model).items():
+        expected |= {f"{name}/running_{stat}": shape for stat in ("mean", "var")}
+    if missing := [k for k in expected if k not in tensors]:
+        raise BadCheckpoint(f"{path} is an incomplete checkpoint (no tensor {missing[0]!r})")
     if vocab.size != model.vocab_size:
         raise BadCheckpoint(
             f"{path} is inconsistent: {vocab.size} characters, vocab_size {model.vocab_size}"
         )
-    for k, shape in param_shapes(model).items():
-        if params[k].shape != shape or params[k].dtype != np.dtype(model.dtype):
+    for k, shape in expected.items():
+        if tensors[k].shape != shape or tensors[k].dtype != np.dtype(model.dtype):
             raise BadCheckpoint(
-                f"{path} is inconsistent: params/{k} is {params[k].dtype}{list(params[k].shape)}, "
+                f"{path} is inconsistent: {k} is {tensors[k].dtype}{list(tensors[k].shape)}, "
                 f"its config says {model.dtype}{list(shape)}"
             )
-    _check_finite(path, tensors)
-    calibrated = BNStats(tensors["bn/mean"], tensors["bn/var"]) if "bn/mean" in tensors else None
+    _check_finite(path, tensors, bn_names)
+    params = {k[len("params/") :]: tensors[k] for k in expected if k.startswith("params/")}
+    bn_running = {n: BNStats(tensors[f"{n}/running_mean"], tensors[f"{n}/running_var"]) for n in bn_names}
+    calibrated = None
+    if all(f"{n}/mean" in tensors for n in bn_names):
+        calibrated = {n: BNStats(tensors[f"{n}/mean"], tensors[f"{n}/var"]) for n in bn_names}
     opt_keys = sorted(k for k in tensors if k.startswith("opt/"))
     losses = tensors.get("losses", np.zeros((0,), np.float32))
     return Checkpoint(
@@ -296,11 +304,11 @@ def _metadata(path: Path, meta: dict[str, str]) -> tuple[ModelConfig, TrainConfi
     return model, train, vocab, step
 
 
-def _check_finite(path: Path, tensors: dict[str, np.ndarray]) -> None:
+def _check_finite(path: Path, tensors: dict[str, np.ndarray], bn_names: tuple[str, ...]) -> None:
     """A model with a NaN or inf in it is no trained model: sampling and evaluating it would print
     empty names and `nan` losses as if they were results."""
     for name, x in tensors.items():
-        if name.startswith(("params/", "bn/")) and not np.isfinite(x).all():
+        if name.startswith(("params/", *(f"{n}/" for n in bn_names))) and not np.isfinite(x).all():
             bad = int((~np.isfinite(x)).sum())
             raise BadCheckpoint(
                 f"{path} holds {bad} NaN or inf of {x.size} values in {name}, so it is no usable "

@@ -17,10 +17,13 @@ from pathlib import Path
 from jaxninja.config import (
     DEFAULT_LR,
     DEFAULT_TIMEOUT,
+    MODEL_SIZES,
+    MODELS,
     OPTIMIZERS,
-    ModelConfig,
+    SCHEDULES,
     TrainConfig,
-    training_model,
+    model_config,
+    training_config,
 )
 from jaxninja.errors import Interrupted, LostProcess, UsageError
 
@@ -74,21 +77,40 @@ MODEL_FLAGS = {
     "n_embd": "embedding size",
     "n_hidden": "hidden units",
 }
+# what each model's run ends at in its lecture, beside jaxninja's split losses
+LECTURE = {
+    "mlp": "the notebook: train 2.0719, val 2.1162 (calibrated BatchNorm)",
+    "wavenet": "the lecture: train 1.7690, val 1.9937 (running statistics)",
+}
+
+
+def _add_model_choice(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default=None,
+        help=f"{what}: mlp (part 4, the default) or wavenet (part 5)",
+    )
 
 
 def _add_model_flags(
-    p: argparse.ArgumentParser, shown, with_defaults: bool = True, names=tuple(MODEL_FLAGS)
+    p: argparse.ArgumentParser, use: str, names: tuple[str, ...] = tuple(MODEL_FLAGS)
 ) -> None:
-    """The model's size flags, their help read off the config `shown`. Without defaults (train)
-    a flag left out is None: the config's default, or the checkpoint's on --resume."""
+    """The model's size flags, their help read off each model's defaults for `use` ("check" or
+    "train"). A flag left out is None: the model's default, or the checkpoint's on --resume."""
     for name in names:
-        value = getattr(shown, name)
+        shown = "; ".join(f"{m} {getattr(model_config(m, use), name)}" for m in MODELS)
         p.add_argument(
             f"--{name.replace('_', '-')}",
             type=_positive_int,
-            default=value if with_defaults else None,
-            help=f"{MODEL_FLAGS[name]} ({value})",
+            default=None,
+            help=f"{MODEL_FLAGS[name]} ({shown})",
         )
+
+
+def _sizes(args: argparse.Namespace, names: tuple[str, ...] = tuple(MODEL_FLAGS)) -> dict:
+    """The size flags given (not None)."""
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
 def _positive_float(text: str) -> float:
@@ -117,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show (default): vocabulary and split sizes; download: fetch names.txt",
     )
     _add_data_flag(p)
-    _add_model_flags(p, ModelConfig(), names=("block_size",))
+    _add_model_flags(p, "check", names=("block_size",))
     p.add_argument("--url", default=None, help="download from this address instead")
     p.add_argument("--force", action="store_true", help="download even if the file exists")
 
@@ -128,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "what); 3, with --candidate, nothing written yet (every gradient still `...`)",
     )
     _add_data_flag(p)
-    _add_model_flags(p, ModelConfig())
+    _add_model_choice(p, "the model whose backward is checked")
+    _add_model_flags(p, "check")
     p.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -178,16 +201,21 @@ def build_parser() -> argparse.ArgumentParser:
         ("lr_decay", _positive_float, "factor of the decay"),
         ("seed", _nonnegative_int, "initialisation and batches"),
         ("checkpoint_every", _positive_int, "steps between checkpoints"),
+        ("bn_momentum", _positive_float, "of BatchNorm's running statistics"),
     ):
         default = getattr(TrainConfig, flag)
-        shown = "" if default is None else f" ({default})"
+        shown = "" if default is None else f" ({default}"
+        if shown and any(flag in s for s in SCHEDULES.values()):
+            shown += "".join(f"; {m} {s[flag]}" for m, s in SCHEDULES.items() if flag in s)
+        shown += ")" if shown else ""
         p.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"{what}{shown}")
     p.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,
         help=f"sgd (the notebook's) or adam ({TrainConfig.optimizer})",
     )
-    _add_model_flags(p, training_model(), with_defaults=False)
+    _add_model_choice(p, "the model to train (its lecture's sizes and schedule by default)")
+    _add_model_flags(p, "train")
     p.add_argument("--out", default="out", help="run directory for checkpoints and plot (out)")
     p.add_argument(
         "--resume",
@@ -262,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--checkpoint", required=True, help="a .safetensors checkpoint, or a run directory"
         )
+        _add_model_choice(p, "the model the checkpoint must be (refused if not; default: any)")
         if name == "sample":
             p.add_argument("-n", type=_positive_int, default=20, help="how many names (20)")
             p.add_argument("--temperature", type=_positive_float, default=1.0, help="(1.0)")
@@ -283,7 +312,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"downloaded {dest} (SHA-256 checked)")
         return 0
     path = data.resolve_data_path(args.data)
-    splits = data.load_splits(path, args.block_size)
+    splits = data.load_splits(path, model_config(**_sizes(args, ("block_size",))).block_size)
     vocab = splits.vocab
     print(f"data: {path}")
     print(f"vocab_size: {vocab.size} ('.' + {''.join(vocab.chars)!r})")
@@ -294,7 +323,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from jaxninja import data, verify
+    from jaxninja import data, stack_check, verify
     from jaxninja.config import check_batch_size
 
     if args.candidate or args.exercise:
@@ -302,18 +331,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     args.batch_size = 32 if args.batch_size is None else args.batch_size
     args.seed = 0 if args.seed is None else args.seed
     check_batch_size(args.batch_size)
+    cfg = model_config(args.model or "mlp", "check", dtype=args.dtype, **_sizes(args))
     path = data.resolve_data_path(args.data)
-    splits = data.load_splits(path, args.block_size)
-    cfg = ModelConfig(
-        vocab_size=splits.vocab.size,
-        block_size=args.block_size,
-        n_embd=args.n_embd,
-        n_hidden=args.n_hidden,
-        dtype=args.dtype,
-    )
-    report = verify.run_check(
-        cfg, *splits.data["train"], batch_size=args.batch_size, seed=args.seed
-    )
+    splits = data.load_splits(path, cfg.block_size)
+    cfg = replace(cfg, vocab_size=splits.vocab.size)
+    check = verify.run_check if cfg.model == "mlp" else stack_check.run_check
+    report = check(cfg, *splits.data["train"], batch_size=args.batch_size, seed=args.seed)
     print(report.to_json() if args.json else verify.format_table(report, wide=args.wide))
     return 0 if report.ok else 1
 
@@ -327,8 +350,7 @@ def _grade(args: argparse.Namespace) -> int:
     fn, name = load_function(args.candidate)
     result = grade(
         fn, args.exercise, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size,
-        n_hidden=args.n_hidden, n_embd=args.n_embd, block_size=args.block_size,
-        data=args.data, name=name, timeout=args.timeout,
+        data=args.data, name=name, timeout=args.timeout, **_sizes(args),
     )  # fmt: skip
     print(result.to_json() if args.json else result.format(wide=args.wide))
     if not result.started:
@@ -362,17 +384,25 @@ def _run_plan(args: argparse.Namespace):
 
 
 def _train_configs(args: argparse.Namespace, vocab_size: int, resume):
-    """Flags onto ModelConfig and TrainConfig; on --resume the checkpoint's values fill the gaps."""
-    model, train = training_model(vocab_size=vocab_size), TrainConfig()
-    if resume:
-        model, train = resume[0].model, resume[0].train
-    model_flags = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+    """Flags onto ModelConfig and TrainConfig at the defaults of --model's lecture; on --resume
+    the checkpoint's values fill the gaps, and its model is the run's."""
     names = ("steps", "batch_size", "lr", "lr_decay_step", "lr_decay", "optimizer", "seed",
-             "checkpoint_every")  # fmt: skip
+             "checkpoint_every", "bn_momentum")  # fmt: skip
     train_flags = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if "optimizer" in train_flags and "lr" not in train_flags and not args.resume:
         train_flags["lr"] = None  # the chosen optimizer's default (config.DEFAULT_LR)
-    model = replace(model, vocab_size=vocab_size, **model_flags)
+    if not resume:
+        name = args.model or "mlp"
+        model = model_config(name, "train", vocab_size=vocab_size, **_sizes(args))
+        return model, training_config(name, **train_flags)
+    model, train = resume[0].model, resume[0].train
+    if args.model not in (None, model.model):
+        where = resume[0].path or args.out
+        raise UsageError(
+            f"--resume: {where} is a checkpoint of the {model.model} model, and --model says "
+            f"{args.model}: drop --model, or train into another --out"
+        )
+    model = replace(model, vocab_size=vocab_size, **_sizes(args))
     return model, replace(train, **train_flags)
 
 
@@ -380,8 +410,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """What can fail in one process alone is checked before the processes join, so one bad
     process never leaves the others waiting: the data, the configs (a --resume checkpoint read
     whole), and, in the process that writes, the run directory's lock."""
-    from jaxninja import checkpoint, data
-    from jaxninja.model import check_fits
+    from jaxninja import checkpoint, data, models
     from jaxninja.train import refuse_foreign_files
 
     path = data.resolve_data_path(args.data)
@@ -390,7 +419,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     chosen = None if args.resume is True else args.resume
     resume = checkpoint.load_run(args.out, args.seeds, chosen) if args.resume else None
     model_cfg, train_cfg = _train_configs(args, vocab.size, resume)
-    check_fits(model_cfg)
+    models.of(model_cfg).check_fits(model_cfg)
     refuse_foreign_files(args.out, train_cfg, args.seeds)
     writes = args.process_id in (None, 0)
     with checkpoint.hold_run_dir(args.out) if writes else nullcontext():
@@ -399,8 +428,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_and_report(args, path, words, vocab, model_cfg, train_cfg, resume) -> int:
-    from jaxninja import data, parallel
-    from jaxninja.model import to_device
+    from jaxninja import data, models, parallel
     from jaxninja.sample import sample_names
     from jaxninja.train import PLOT, train
 
@@ -430,8 +458,8 @@ def _train_and_report(args, path, words, vocab, model_cfg, train_cfg, resume) ->
         return 0
     ckpt = result.checkpoint
     _print_split_losses(ckpt, splits)
-    params = to_device(ckpt.params)
-    names = sample_names(params, ckpt.bn, vocab, model_cfg.block_size, n=10, seed=0)
+    print(f"  ({LECTURE[model_cfg.model]})")
+    names = sample_names(model_cfg, models.to_device(ckpt.params), ckpt.bn, vocab, n=10, seed=0)
     print("samples: " + ", ".join(names))
     print(f"checkpoint: {result.path}; loss plot: {Path(args.out) / PLOT}")
     return 0
@@ -460,64 +488,83 @@ def _graded_backward(spec: str, model_cfg, data_path: Path):
     return fn
 
 
+def _split_losses(ckpt, splits, bn) -> list[float]:
+    """The checkpoint's loss on each split, BatchNorm on the statistics `bn`."""
+    from jaxninja import models
+    from jaxninja.data import SPLITS
+
+    params = models.to_device(ckpt.params)
+    return [models.split_loss(ckpt.model, params, bn, *splits.data[s]) for s in SPLITS]
+
+
+def _stats_of(ckpt) -> list[tuple[str, object]]:
+    """(label, BatchNorm statistics) to evaluate a checkpoint with: calibrated (once training
+    has ended) and running (the lecture's eval in part 5)."""
+    stats = [("calibrated", ckpt.bn_calibrated), ("running", ckpt.bn_running)]
+    return [(label, bn) for label, bn in stats if bn is not None]
+
+
 def _print_seed_table(ckpts, splits) -> None:
-    """Each seed's split losses (calibrated BatchNorm), then their mean ± sample std."""
+    """Each seed's split losses, then their mean ± sample std; calibrated BatchNorm, then the
+    running statistics."""
     import numpy as np
 
     from jaxninja.data import SPLITS
-    from jaxninja.model import split_loss, to_device
 
-    rows = []
-    for ckpt in ckpts:
-        params = to_device(ckpt.params)
-        bn = ckpt.bn_calibrated
-        rows.append([split_loss(params, bn, *splits.data[s], eps=ckpt.model.eps) for s in SPLITS])
-    print("split loss (calibrated BatchNorm):")
-    print(f"{'seed':>12s}  " + "  ".join(f"{s:>7s}" for s in SPLITS))
-    for ckpt, row in zip(ckpts, rows, strict=True):
-        print(f"{ckpt.train.seed:12d}  " + "  ".join(f"{v:7.4f}" for v in row))
-    table = np.asarray(rows)
-    spread = table.std(0, ddof=1) if len(rows) > 1 else np.zeros(len(SPLITS))
-    stats = zip(SPLITS, table.mean(0), spread, strict=True)
-    cells = "  ".join(f"{s} {m:.4f} ± {d:.4f}" for s, m, d in stats)
-    print(f"mean ± std over {len(rows)} seeds: {cells}")
+    for label, _ in _stats_of(ckpts[0]):
+        rows = [_split_losses(c, splits, dict(_stats_of(c))[label]) for c in ckpts]
+        print(f"split loss ({label} BatchNorm):")
+        print(f"{'seed':>12s}  " + "  ".join(f"{s:>7s}" for s in SPLITS))
+        for ckpt, row in zip(ckpts, rows, strict=True):
+            print(f"{ckpt.train.seed:12d}  " + "  ".join(f"{v:7.4f}" for v in row))
+        table = np.asarray(rows)
+        spread = table.std(0, ddof=1) if len(rows) > 1 else np.zeros(len(SPLITS))
+        stats = zip(SPLITS, table.mean(0), spread, strict=True)
+        cells = "  ".join(f"{s} {m:.4f} ± {d:.4f}" for s, m, d in stats)
+        print(f"mean ± std over {len(rows)} seeds: {cells}")
+    print(f"  ({LECTURE[ckpts[0].model.model]})")
 
 
 def _print_split_losses(ckpt, splits) -> None:
     from jaxninja.data import SPLITS
-    from jaxninja.model import split_loss, to_device
 
-    params = to_device(ckpt.params)
-    stats = [("calibrated", ckpt.bn_calibrated), ("running", ckpt.bn_running)]
-    for label, bn in stats:
-        if bn is None:
-            continue
-        losses = {s: split_loss(params, bn, *splits.data[s], eps=ckpt.model.eps) for s in SPLITS}
-        cells = "  ".join(f"{s} {v:.4f}" for s, v in losses.items())
+    for label, bn in _stats_of(ckpt):
+        losses = _split_losses(ckpt, splits, bn)
+        cells = "  ".join(f"{s} {v:.4f}" for s, v in zip(SPLITS, losses, strict=True))
         print(f"split loss ({label} BatchNorm): {cells}")
+
+
+def _checked_model(ckpt, wanted: str | None) -> None:
+    """eval/sample --model: the checkpoint must be of that model."""
+    if wanted not in (None, ckpt.model.model):
+        raise UsageError(
+            f"{ckpt.path} is a checkpoint of the {ckpt.model.model} model, not of {wanted}: "
+            f"drop --model, or give a {wanted} run's checkpoint"
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from jaxninja import checkpoint, data
 
     ckpt = checkpoint.load(args.checkpoint)
+    _checked_model(ckpt, args.model)
     path = data.resolve_data_path(args.data)
     splits = data.load_splits(path, ckpt.model.block_size)
     checkpoint.check_vocab(ckpt, splits.vocab, str(path))
-    print(f"checkpoint at step {ckpt.step} on {path}")
+    print(f"checkpoint of the {ckpt.model.model} model at step {ckpt.step} on {path}")
     _print_split_losses(ckpt, splits)
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from jaxninja import checkpoint
-    from jaxninja.model import to_device
+    from jaxninja import checkpoint, models
     from jaxninja.sample import sample_names
 
     ckpt = checkpoint.load(args.checkpoint)
+    _checked_model(ckpt, args.model)
     names = sample_names(
-        to_device(ckpt.params), ckpt.bn, ckpt.vocab, ckpt.model.block_size,
-        n=args.n, seed=args.seed, temperature=args.temperature, eps=ckpt.model.eps,
+        ckpt.model, models.to_device(ckpt.params), ckpt.bn, ckpt.vocab,
+        n=args.n, seed=args.seed, temperature=args.temperature,
     )  # fmt: skip
     print("\n".join(names))
     return 0

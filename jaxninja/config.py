@@ -1,8 +1,10 @@
 """Configuration: frozen dataclasses, one comment per default; the only home of every default
 (the CLI's flags and their help texts are read off them).
 
-ModelConfig's defaults are the notebook's for the gradient checks; its exercise 4 trains a wider
-hidden layer, TRAINING_N_HIDDEN, which `training_model` applies.
+ModelConfig's defaults are the part-4 notebook's MLP for the gradient checks; its exercise 4
+trains a wider hidden layer. `--model wavenet` is part 5's lecture, with its own sizes and
+schedule: `model_config` and `training_config` apply what each model changes (MODEL_SIZES,
+SCHEDULES).
 """
 
 from dataclasses import dataclass
@@ -11,6 +13,8 @@ from decimal import Decimal
 from jaxninja.errors import UsageError
 
 DTYPES = ("float32", "float64")
+MODELS = ("mlp", "wavenet")  # part 4's MLP (the notebook's names), part 5's WaveNet (a stack)
+WAVENET_FLATTEN = 2  # the lecture's FlattenConsecutive(2): each stage pairs neighbours, T / 2
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,7 @@ class ModelConfig:
     n_hidden: int = 64  # hidden units (64 in the notebook's checks, 200 in its training)
     eps: float = 1e-5  # added to the BatchNorm variance before the inverse square root
     dtype: str = "float32"  # parameter and activation dtype: float32 or float64
+    model: str = "mlp"  # which model: one of MODELS (the sizes above are the MLP's)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_embd", "n_hidden"):
@@ -33,14 +38,53 @@ class ModelConfig:
             raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not self.eps > 0:
             raise UsageError(f"eps must be > 0, got {self.eps!r}")
+        if self.model not in MODELS:
+            raise UsageError(f"--model {self.model!r} is not a model: choose {' or '.join(MODELS)}")
+        if self.model == "wavenet" and not _flattens_to_one(self.block_size, WAVENET_FLATTEN):
+            raise UsageError(
+                f"--block-size {self.block_size} does not reduce to 1 through the WaveNet's "
+                f"FlattenConsecutive({WAVENET_FLATTEN}) stages: give a power of {WAVENET_FLATTEN} "
+                "(2, 4, 8, 16, ...; the lecture's 8)"
+            )
+
+
+def _flattens_to_one(t: int, n: int) -> bool:
+    """Whether t is n**k for some k >= 1: k stages of FlattenConsecutive(n) leave one position."""
+    stages = 0
+    while t > 1 and t % n == 0:
+        t, stages = t // n, stages + 1
+    return t == 1 and stages >= 1
 
 
 TRAINING_N_HIDDEN = 200  # the hidden layer of the notebook's exercise 4 (its checks use 64)
+WAVENET_SIZES = {"block_size": 8, "n_embd": 24, "n_hidden": 128}  # the part-5 lecture's
+# What each model changes in ModelConfig's defaults, for a check and for training.
+MODEL_SIZES = {
+    ("mlp", "check"): {},  # ModelConfig's own: the notebook's gradient check
+    ("mlp", "train"): {"n_hidden": TRAINING_N_HIDDEN},
+    ("wavenet", "check"): WAVENET_SIZES,  # the lecture has one size for all it does
+    ("wavenet", "train"): WAVENET_SIZES,
+}
+# What each model changes in TrainConfig's defaults: the part-5 lecture decays the rate at 150k
+# and its BatchNorm1d's running statistics move with momentum 0.1.
+SCHEDULES = {"mlp": {}, "wavenet": {"lr_decay_step": 150_000, "bn_momentum": 0.1}}
+
+
+def model_config(model: str = "mlp", use: str = "check", **fields) -> ModelConfig:
+    """A model's config at its defaults for `use` ("check" or "train"), `fields` given."""
+    if model not in MODELS:
+        raise UsageError(f"--model {model!r} is not a model: choose {' or '.join(MODELS)}")
+    return ModelConfig(**{"model": model, **MODEL_SIZES[model, use], **fields})
 
 
 def training_model(**fields) -> ModelConfig:
     """The model exercise 4 trains: the notebook's, with its wider hidden layer."""
-    return ModelConfig(**{"n_hidden": TRAINING_N_HIDDEN, **fields})
+    return model_config(fields.pop("model", "mlp"), "train", **fields)
+
+
+def training_config(model: str = "mlp", **fields) -> "TrainConfig":
+    """TrainConfig at the defaults of `model`'s lecture, `fields` given."""
+    return TrainConfig(**{**SCHEDULES[model], **fields})
 
 
 def check_batch_size(batch_size: int, n_examples: int | None = None, split: str = "train") -> None:
@@ -68,13 +112,13 @@ class TrainConfig:
     steps: int = 200_000  # SGD steps, the notebook's exercise 4
     batch_size: int = 32  # examples per step, drawn with replacement from the train split
     lr: float | None = None  # initial learning rate; None: DEFAULT_LR of the optimizer
-    lr_decay_step: int = 100_000  # the step from which the rate is lr * lr_decay
+    lr_decay_step: int = 100_000  # the step from which the rate is lr * lr_decay (SCHEDULES)
     lr_decay: float = 0.1  # so 0.1 -> 0.01, the notebook's schedule
     optimizer: str = "sgd"  # sgd (the notebook's) or adam (optax), both on the manual gradients
     seed: int = 2147483647  # the notebook's generator seed: initialisation and batch stream
     chunk_steps: int = 1000  # steps per jitted lax.scan call; progress updates in between
     checkpoint_every: int = 10_000  # steps between checkpoints
-    bn_momentum: float = 0.001  # running BatchNorm statistics, as in makemore part 3
+    bn_momentum: float = 0.001  # running BatchNorm statistics, as in makemore part 3 (SCHEDULES)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

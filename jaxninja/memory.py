@@ -7,6 +7,9 @@ deep inside, after other work; asking first gives one line that names the flag t
 from __future__ import annotations
 
 import os
+from typing import Any
+
+import numpy as np
 
 from jaxninja.errors import UsageError
 
@@ -32,3 +35,22 @@ def require(nbytes: int, what: str, fix: str) -> None:
     have = available_bytes()
     if nbytes > have:
         raise UsageError(f"{what} needs about {gib(nbytes)} of memory, {gib(have)} is free: {fix}")
+
+
+# Copies of the parameters that a run holds at once, at most: the float64 draw, params, grads,
+# optimizer state, a checkpoint on its way to disk, and in a check each source's gradients.
+PARAM_COPIES = 12
+
+
+def check_model(cfg: Any, n_params: int, floats_per_example: int) -> None:
+    """Refuse a model too large for this machine, before a byte of it is allocated: its
+    parameters' copies, and an evaluation chunk's activations (`floats_per_example` for each of
+    EVAL_CHUNK examples, a few arrays of each)."""
+    from jaxninja.evaluate import EVAL_CHUNK
+
+    activations = EVAL_CHUNK * floats_per_example * np.dtype(cfg.dtype).itemsize * 4
+    require(
+        n_params * 8 * PARAM_COPIES + activations,
+        f"a model of {n_params:,} parameters (n_embd {cfg.n_embd}, n_hidden {cfg.n_hidden})",
+        "lower --n-hidden or --n-embd",
+    )

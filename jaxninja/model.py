@@ -10,17 +10,18 @@ whose caches feed the fused backward that training uses. Both give the same loss
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from functools import partial
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from functools import lru_cache, partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxninja import layers, memory
+from jaxninja import evaluate, layers, memory
 from jaxninja.config import ModelConfig, check_batch_size
 from jaxninja.errors import UsageError
+from jaxninja.layers import BNStats
 
 PARAMS = ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias")
 # every intermediate of the chunked forward, in forward order
@@ -56,26 +57,15 @@ def n_params(cfg: ModelConfig) -> int:
     return sum(math.prod(shape) for shape in param_shapes(cfg).values())
 
 
-# Copies of the parameters that a run holds at once, at most: the float64 draw, params, grads,
-# optimizer state, a checkpoint on its way to disk, and in a check each source's gradients.
-PARAM_COPIES = 12
-
-
-def needed_bytes(cfg: ModelConfig) -> int:
-    """Memory a run or a check of this model needs: its parameters' copies, and an evaluation
-    chunk's activations (EVAL_CHUNK examples of hidden units and logits, a few arrays of each)."""
-    itemsize = np.dtype(cfg.dtype).itemsize
-    activations = EVAL_CHUNK * (cfg.n_hidden + cfg.vocab_size) * itemsize * 4
-    return n_params(cfg) * 8 * PARAM_COPIES + activations
-
-
 def check_fits(cfg: ModelConfig) -> None:
-    """Refuse a model too large for this machine, before a byte of it is allocated."""
-    memory.require(
-        needed_bytes(cfg),
-        f"a model of {n_params(cfg):,} parameters (n_embd {cfg.n_embd}, n_hidden {cfg.n_hidden})",
-        "lower --n-hidden or --n-embd",
-    )
+    """Refuse a model too large for this machine, before a byte of it is allocated: an
+    evaluation chunk holds hidden units and logits of each example."""
+    memory.check_model(cfg, n_params(cfg), cfg.n_hidden + cfg.vocab_size)
+
+
+def bn_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The one BatchNorm's statistics, in its gain's shape."""
+    return {"bn": (1, cfg.n_hidden)}
 
 
 def init_params(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
@@ -109,13 +99,21 @@ class Case(NamedTuple):
     Yb: np.ndarray  # (B,) int32
 
 
-def make_case(cfg: ModelConfig, X: np.ndarray, Y: np.ndarray, batch_size: int, seed: int) -> Case:
-    """Parameters initialised the notebook's way and a batch drawn, with replacement, from X, Y."""
+def make_case(
+    cfg: ModelConfig,
+    X: np.ndarray,
+    Y: np.ndarray,
+    batch_size: int,
+    seed: int,
+    init: Callable[[ModelConfig, int], dict[str, np.ndarray]] | None = None,
+) -> Case:
+    """Parameters initialised the notebook's way (or by `init`, another model's) and a batch
+    drawn, with replacement, from X, Y."""
     check_batch_size(batch_size, len(X))
     if X.shape[1] != cfg.block_size:
         raise UsageError(f"X has block size {X.shape[1]}, the config {cfg.block_size}")
     ix = np.random.default_rng([seed, 1]).integers(0, len(X), batch_size)
-    return Case(init_params(cfg, seed), X[ix], Y[ix])
+    return Case((init or init_params)(cfg, seed), X[ix], Y[ix])
 
 
 def to_device(params: dict[str, np.ndarray]) -> Params:
@@ -173,6 +171,7 @@ class Cache(NamedTuple):
     """What the fused backward needs from the compact forward, one entry per layer."""
 
     emb: layers.EmbeddingCache
+    flat: tuple[int, ...]
     lin1: layers.LinearCache
     bn: layers.BatchNormCache
     tanh: jax.Array
@@ -188,7 +187,8 @@ def forward(
     Under `shard_map` with `axis_name`, Xb and Yb are this device's slice of the batch, and
     BatchNorm and the loss reduce over the global batch (layers.py).
     """
-    embcat, c_emb = layers.embedding_forward(params["C"], Xb)  # (B, T*E)
+    emb, c_emb = layers.embedding_forward(params["C"], Xb)  # (B, T, E)
+    embcat, c_flat = layers.flatten_consecutive_forward(emb, Xb.shape[1])  # (B, T*E)
     hprebn, c_lin1 = layers.linear_forward(embcat, params["W1"], params["b1"])  # (B, H)
     hpreact, c_bn = layers.batchnorm_forward(
         hprebn, params["bngain"], params["bnbias"], eps, axis_name
@@ -196,7 +196,7 @@ def forward(
     h, c_tanh = layers.tanh_forward(hpreact)  # (B, H)
     logits, c_lin2 = layers.linear_forward(h, params["W2"], params["b2"])  # (B, V)
     loss, c_ce = layers.cross_entropy_forward(logits, Yb, axis_name)
-    return loss, Cache(c_emb, c_lin1, c_bn, c_tanh, c_lin2, c_ce)
+    return loss, Cache(c_emb, c_flat, c_lin1, c_bn, c_tanh, c_lin2, c_ce)
 
 
 @partial(jax.jit, static_argnames="eps")
@@ -205,86 +205,41 @@ def forward_loss(params: Params, Xb: jax.Array, Yb: jax.Array, eps: float = 1e-5
     return forward(params, Xb, Yb, eps)[0]
 
 
-class BNStats(NamedTuple):
-    """BatchNorm statistics for inference: calibrated over the train split, or running."""
-
-    mean: jax.Array  # (1, H)
-    var: jax.Array  # (1, H) Bessel-corrected
+def _hprebn(params: Params, X: jax.Array) -> jax.Array:
+    """BatchNorm's input: (N, T) -> hprebn (N, H)."""
+    emb, _ = layers.embedding_forward(params["C"], X)  # (N, T, E)
+    return layers.linear_forward(emb.reshape(len(X), -1), params["W1"], params["b1"])[0]
 
 
 @partial(jax.jit, static_argnames="eps")
 def logits_eval(params: Params, bn: BNStats, X: jax.Array, eps: float = 1e-5) -> jax.Array:
     """Inference forward with fixed BatchNorm statistics: (N, T) -> logits (N, V)."""
-    embcat, _ = layers.embedding_forward(params["C"], X)  # (N, T*E)
-    hprebn, _ = layers.linear_forward(embcat, params["W1"], params["b1"])  # (N, H)
-    hpreact = layers.batchnorm_eval(hprebn, params["bngain"], params["bnbias"], *bn, eps)
+    hpreact = layers.batchnorm_eval(_hprebn(params, X), params["bngain"], params["bnbias"], *bn, eps)
     logits, _ = layers.linear_forward(jnp.tanh(hpreact), params["W2"], params["b2"])  # (N, V)
     return logits
 
 
-# Evaluation streams over chunks of this many examples: memory stays at a chunk's activations
-# (~50 MB at 200 hidden units, float32) however large the split, and the chunks' sums are added
-# up on the host in float64. Full chunks go unmasked (XLA fuses the sum into the matmul); the
-# last, partial one is padded to the full size and masked, so one shape serves every split.
-EVAL_CHUNK = 65_536
+@lru_cache
+def eval_fns(eps: float) -> tuple[Callable, dict[str, Callable]]:
+    """(logits, {"bn": BatchNorm's input}), each (params, bn, X) with bn {"bn": BNStats}: what
+    evaluate.py streams, made once per eps so that its jit caches them."""
 
+    def logits(params, bn, X):
+        return logits_eval(params, bn["bn"], X, eps)
 
-def _chunks(X: np.ndarray | jax.Array, *more) -> Iterator[tuple[list[np.ndarray], Any]]:
-    """([X's chunk, more's chunks], None for a full chunk or the mask of a padded last one)."""
-    n = len(X)
-    for start in range(0, n, EVAL_CHUNK):
-        rows = slice(start, min(start + EVAL_CHUNK, n))
-        parts = [np.asarray(a[rows]) for a in (X, *more)]
-        if len(parts[0]) == EVAL_CHUNK:
-            yield parts, None
-            continue
-        pad = EVAL_CHUNK - len(parts[0])
-        parts = [np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in parts]
-        yield parts, np.arange(EVAL_CHUNK) < EVAL_CHUNK - pad
-
-
-@partial(jax.jit, static_argnames="power")
-def _centered_sum(params: Params, X: jax.Array, mask, center: jax.Array, power: int):
-    """Sum over a chunk's rows (its real ones, where there is a mask) of (hprebn - center) **
-    power: (1, H). One sum a call: XLA fuses it into the matmul, two at once it does not."""
-    embcat, _ = layers.embedding_forward(params["C"], X)  # (N, T*E)
-    hprebn, _ = layers.linear_forward(embcat, params["W1"], params["b1"])  # (N, H)
-    d = hprebn - center if mask is None else jnp.where(mask[:, None], hprebn - center, 0)
-    return (d if power == 1 else d * d).sum(0, keepdims=True)
+    return logits, {"bn": lambda params, bn, X: _hprebn(params, X)}
 
 
 def calibrate_bn(params: Params, X: np.ndarray | jax.Array) -> BNStats:
     """The notebook's calibration: BatchNorm's mean and (n-1) variance over all of X, streamed
-    in two passes (the mean, then the squared deviations from it), as exact as all at once."""
-    n, H = len(X), params["W1"].shape[1]
-    dtype = params["W1"].dtype
-
-    def total(center: np.ndarray, power: int) -> np.ndarray:
-        acc = np.zeros((1, H), np.float64)
-        for (Xc,), mask in _chunks(X):
-            acc += np.asarray(_centered_sum(params, Xc, mask, center, power))
-        return acc
-
-    mean = total(np.zeros((1, H), dtype), 1) / n
-    var = total(mean.astype(dtype), 2) / (n - 1)
-    return BNStats(jnp.asarray(mean, dtype), jnp.asarray(var, dtype))
-
-
-@partial(jax.jit, static_argnames="eps")
-def _nll_sum(params: Params, bn: BNStats, X, Y, mask, eps: float = 1e-5) -> jax.Array:
-    logits = logits_eval(params, bn, X, eps=eps)  # (N, V)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=1), Y[:, None], axis=1)[:, 0]
-    return nll.sum() if mask is None else jnp.where(mask, nll, 0).sum()
+    (evaluate.calibrate)."""
+    H = params["W1"].shape[1]
+    return evaluate.calibrate(eval_fns(1e-5)[1], {"bn": (1, H)}, params, X)["bn"]
 
 
 def split_loss(
     params: Params, bn: BNStats, X: np.ndarray, Y: np.ndarray, eps: float = 1e-5
 ) -> float:
     """The notebook's split_loss: mean cross-entropy over a whole split in inference mode,
-    streamed over chunks."""
-    if len(X) == 0:
-        return float("nan")
-    total = sum(
-        float(_nll_sum(params, bn, Xc, Yc, mask, eps=eps)) for (Xc, Yc), mask in _chunks(X, Y)
-    )
-    return total / len(X)
+    streamed over chunks (evaluate.split_loss)."""
+    return evaluate.split_loss(eval_fns(eps)[0], params, {"bn": bn}, X, Y)

@@ -11,15 +11,17 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from jaxninja import models
+from jaxninja.config import ModelConfig
 from jaxninja.data import Vocab
 from jaxninja.errors import UsageError
-from jaxninja.model import BNStats, Params, logits_eval
+from jaxninja.layers import BNStats
 
 
-@partial(jax.jit, static_argnames=("n", "block_size", "max_len", "eps"))
-def _sample_ids(params, bn, key, temperature, n, block_size, max_len, eps):
+@partial(jax.jit, static_argnames=("logits_fn", "n", "block_size", "max_len"))
+def _sample_ids(logits_fn, params, bn, key, temperature, n, block_size, max_len):
     def step(context, k):  # context (n, T)
-        logits = logits_eval(params, bn, context, eps=eps) / temperature  # (n, V)
+        logits = logits_fn(params, bn, context) / temperature  # (n, V)
         ix = jax.random.categorical(k, logits, axis=-1).astype(context.dtype)  # (n,)
         return jnp.concatenate([context[:, 1:], ix[:, None]], axis=1), ix
 
@@ -29,22 +31,23 @@ def _sample_ids(params, bn, key, temperature, n, block_size, max_len, eps):
 
 
 def sample_names(
-    params: Params,
-    bn: BNStats,
+    cfg: ModelConfig,
+    params: dict[str, jax.Array],
+    bn: dict[str, BNStats],
     vocab: Vocab,
-    block_size: int,
     n: int = 20,
     seed: int = 0,
     temperature: float = 1.0,
     max_len: int = 64,
-    eps: float = 1e-5,
 ) -> list[str]:
-    """n names, each cut at its terminator (or at max_len characters)."""
+    """n names from the model `cfg` describes, BatchNorm on the statistics `bn` (by name), each
+    cut at its terminator (or at max_len characters)."""
     if not n >= 1:
         raise UsageError(f"the number of names must be >= 1, got {n}")
     if not 0 < temperature < float("inf"):
         raise UsageError(f"temperature must be > 0, got {temperature}")
     ids = _sample_ids(
-        params, bn, jax.random.key(seed), temperature, n, block_size, max_len, eps
-    ).tolist()
+        models.logits(cfg), params, bn, jax.random.key(seed), temperature, n, cfg.block_size,
+        max_len,
+    ).tolist()  # fmt: skip
     return [vocab.decode(row[: row.index(0)] if 0 in row else row) for row in ids]

@@ -33,29 +33,22 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jaxninja import checkpoint, parallel
-from jaxninja.backward import backward_fused
+from jaxninja import checkpoint, models, parallel
 from jaxninja.config import ModelConfig, TrainConfig, check_batch_size
 from jaxninja.data import Vocab
 from jaxninja.errors import Interrupted, LostProcess, UsageError
 from jaxninja.fileio import atomic_path
-from jaxninja.model import (
-    PARAMS,
-    BNStats,
-    Params,
-    calibrate_bn,
-    forward,
-    forward_chunked,
-    init_params,
-    to_device,
-)
+from jaxninja.layers import BNStats
+from jaxninja.model import forward_chunked
 from jaxninja.parallel import DATA, SEEDS
+
+Params = dict[str, jax.Array]
 
 
 class TrainState(NamedTuple):
     params: Params
     opt_state: Any
-    bn_running: BNStats
+    bn_running: dict[str, BNStats]  # by BatchNorm name
 
 
 def make_optimizer(tc: TrainConfig, dtype: str) -> optax.GradientTransformation:
@@ -89,21 +82,20 @@ def batch_indices(seed: int, steps: int, n_examples: int, batch_size: int) -> np
 
 
 def init_state(mc: ModelConfig, tc: TrainConfig) -> TrainState:
-    params = to_device(init_params(mc, tc.seed))
-    H, dtype = mc.n_hidden, mc.dtype
-    bn = BNStats(jnp.zeros((1, H), dtype), jnp.ones((1, H), dtype))
-    return TrainState(params, make_optimizer(tc, dtype).init(params), bn)
+    params = models.to_device(models.of(mc).init_params(mc, tc.seed))
+    return TrainState(params, make_optimizer(tc, mc.dtype).init(params), models.zero_stats(mc))
 
 
 def state_from_checkpoint(ckpt: checkpoint.Checkpoint) -> TrainState:
-    params = to_device(ckpt.params)
+    params = models.to_device(ckpt.params)
     template = make_optimizer(ckpt.train, ckpt.model.dtype).init(params)
     leaves, treedef = jax.tree.flatten(template)
     if [x.shape for x in leaves] != [x.shape for x in ckpt.opt_leaves]:
         raise UsageError("the checkpoint's optimizer state does not fit its optimizer: start anew")
     restored = [jnp.asarray(x, t.dtype) for x, t in zip(ckpt.opt_leaves, leaves, strict=True)]
     opt_state = jax.tree.unflatten(treedef, restored)
-    return TrainState(params, opt_state, BNStats(*map(jnp.asarray, ckpt.bn_running)))
+    bn = {k: BNStats(*map(jnp.asarray, v)) for k, v in ckpt.bn_running.items()}
+    return TrainState(params, opt_state, bn)
 
 
 def seeds_of(tc: TrainConfig, n_models: int) -> tuple[int, ...]:
@@ -118,20 +110,16 @@ def seeds_of(tc: TrainConfig, n_models: int) -> tuple[int, ...]:
 def _loss_and_grads(mc: ModelConfig, axis_name: str | None, backward: Callable | None) -> Callable:
     """(params, Xb, Yb) -> (loss, the parameters' gradients, the batch's BatchNorm statistics).
 
-    The compact forward and the fused backward; or, with `backward` (an exercise-1 function,
-    `fn(params, v, Xb, Yb) -> dict`, e.g. a learner's), the chunked forward and that backward.
+    The model's own hand-written backward (models.py); or, with `backward` (the MLP's
+    exercise-1 function, `fn(params, v, Xb, Yb) -> dict`, e.g. a learner's), the chunked
+    forward and that backward.
     """
-
-    def fused(params, Xb, Yb):
-        loss, cache = forward(params, Xb, Yb, mc.eps, axis_name)
-        grads = backward_fused(cache, axis_name=axis_name)
-        return loss, grads, BNStats(cache.bn.bnmean, cache.bn.bnvar)
 
     def atomic(params, Xb, Yb):
         loss, v = forward_chunked(params, Xb, Yb, eps=mc.eps)
-        return loss, backward(params, v, Xb, Yb), BNStats(v["bnmeani"], v["bnvar"])
+        return loss, backward(params, v, Xb, Yb), {"bn": BNStats(v["bnmeani"], v["bnvar"])}
 
-    return fused if backward is None else atomic
+    return models.of(mc).loss_and_grads(mc, axis_name) if backward is None else atomic
 
 
 def _train_step(
@@ -145,13 +133,10 @@ def _train_step(
     def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array]):
         Xb, Yb = batch  # (B, T), (B,): this device's slice of the batch under a data mesh
         loss, grads, batch_bn = loss_and_grads(state.params, Xb, Yb)
-        grads = {k: grads[k] for k in PARAMS}
+        grads = {k: grads[k] for k in state.params}
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        bn = BNStats(
-            (1 - m) * state.bn_running.mean + m * batch_bn.mean,
-            (1 - m) * state.bn_running.var + m * batch_bn.var,
-        )
+        bn = jax.tree.map(lambda r, b: (1 - m) * r + m * b, state.bn_running, batch_bn)
         return TrainState(params, opt_state, bn), loss
 
     return train_step
@@ -327,6 +312,8 @@ def plan_run(mc, tc, data, vocab, out_dir, where: parallel.RunPlan, backward) ->
     mesh = where.mesh(tc.batch_size)
     if backward is not None and mesh is not None and len(configs) == 1:
         raise UsageError("--backward trains on one device: drop --devices")
+    if backward is not None and mc.model != "mlp":
+        raise UsageError("--backward is exercise 1, the MLP's backward: drop --model")
     return Plan(
         mc, configs, dirs, out_dir, vocab, mesh, chunk_runner(mc, tc, len(configs), mesh, backward)
     )
@@ -392,7 +379,7 @@ def _model(tree: Any, k: int, models: int) -> Any:
 
 
 def save_all(
-    plan: Plan, at: Progress, calibrated: list[BNStats] | None = None
+    plan: Plan, at: Progress, calibrated: list[dict[str, BNStats]] | None = None
 ) -> list[checkpoint.Checkpoint]:
     """Every model's checkpoint at the current step; process 0 writes them."""
     host = parallel.fetch(at.state)
@@ -400,7 +387,7 @@ def save_all(
     ckpts = []
     for k, (cfg, run_dir) in enumerate(zip(plan.configs, plan.dirs, strict=True)):
         mine = _model(host, k, plan.models)
-        bn = BNStats(*mine.bn_running), calibrated[k] if calibrated else None
+        bn = mine.bn_running, calibrated[k] if calibrated else None
         opt_leaves = list(jax.tree.leaves(mine.opt_state))
         ckpt = checkpoint.Checkpoint(
             at.step, plan.mc, cfg, plan.vocab, dict(mine.params), *bn, opt_leaves, log_all[:, k]
@@ -499,11 +486,14 @@ def train(
     return TrainResult(final, paths, at.train_seconds, at.compile_seconds, at.step - first)
 
 
-def _calibrate(plan: Plan, at: Progress, X: np.ndarray) -> list[BNStats]:
-    """Each model's BatchNorm statistics over the whole train split (model.calibrate_bn)."""
+def _calibrate(plan: Plan, at: Progress, X: np.ndarray) -> list[dict[str, BNStats]]:
+    """Each model's BatchNorm statistics over the whole train split (models.calibrate)."""
     host = parallel.fetch(at.state.params)
-    stats = [calibrate_bn(to_device(_model(host, k, plan.models)), X) for k in range(plan.models)]
-    return [BNStats(*map(np.asarray, s)) for s in stats]
+    stats = [
+        models.calibrate(plan.mc, models.to_device(_model(host, k, plan.models)), X)
+        for k in range(plan.models)
+    ]
+    return [jax.tree.map(np.asarray, s) for s in stats]
 
 
 def _saved_line(plan: Plan, at: Progress, losses: np.ndarray) -> str:

@@ -286,7 +286,7 @@ def test_training_on_the_solution_copied_follows_the_built_in_run(folder, splits
         for name, backward in (("built-in", None), ("yours", _ex1(folder)))
     ]  # fmt: skip
     losses = [
-        [split_loss(to_device(r.checkpoint.params), r.checkpoint.bn, *splits.data[s]) for s in
+        [split_loss(to_device(r.checkpoint.params), r.checkpoint.bn["bn"], *splits.data[s]) for s in
          ("train", "val", "test")]
         for r in runs
     ]  # fmt: skip

@@ -32,7 +32,7 @@ def test_embedding():
     C = rand(0, (7, 4))
     X = jnp.asarray(np.random.default_rng(1).integers(0, 7, (9, 3)))  # repeats: scatter-add sums
     out, cache = layers.embedding_forward(C, X)
-    assert out.shape == (9, 12)
+    assert out.shape == (9, 3, 4)
     dout = rand(2, out.shape)
     (want,) = vjp(lambda c: layers.embedding_forward(c, X)[0], C, dout)
     assert_close(layers.embedding_backward(dout, cache), want)  # vocab_size: a static int

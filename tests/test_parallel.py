@@ -80,7 +80,7 @@ def test_data_parallel_training_follows_one_device(splits, tmp_path):
     assert np.abs(a.losses - b.losses).max() <= 1e-5  # 200 float32 steps, sums in another order
     for k in PARAMS:
         assert np.abs(a.params[k] - b.params[k]).max() <= 1e-5, k
-    for x, y in zip(a.bn_calibrated, b.bn_calibrated, strict=True):
+    for x, y in zip(a.bn_calibrated["bn"], b.bn_calibrated["bn"], strict=True):
         assert np.abs(x - y).max() <= 1e-4
 
 

@@ -28,7 +28,8 @@ def assert_same_run(a: checkpoint.Checkpoint, b: checkpoint.Checkpoint):
     for x, y in zip(a.opt_leaves, b.opt_leaves, strict=True):
         assert np.array_equal(x, y)
     assert np.array_equal(a.losses, b.losses)
-    assert all(np.array_equal(x, y) for x, y in zip(a.bn_running, b.bn_running, strict=True))
+    for x, y in zip(a.bn_running["bn"], b.bn_running["bn"], strict=True):
+        assert np.array_equal(x, y)
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +273,7 @@ def test_checkpoint_in_torch_ref_gives_the_same_split_losses(trained, splits):
     params, bnmean, bnvar = torch_ref.load_checkpoint(trained.path)
     ckpt = trained.checkpoint
     for s in ("train", "val", "test"):
-        ours = split_loss(to_device(ckpt.params), ckpt.bn, *splits.data[s])
+        ours = split_loss(to_device(ckpt.params), ckpt.bn["bn"], *splits.data[s])
         theirs = torch_ref.split_loss(params, bnmean, bnvar, *splits.data[s])
         assert abs(ours - theirs) < 1e-5, s
 
@@ -296,7 +297,7 @@ def test_replay_parity_with_the_notebook_loop(splits, tmp_path):
     assert np.abs(losses - ours.losses).max() <= 2e-6
     bnmean, bnvar = torch_ref.calibrate_bn(params, X)
     for s in ("train", "val", "test"):
-        a = split_loss(to_device(ours.params), ours.bn, *splits.data[s])
+        a = split_loss(to_device(ours.params), ours.bn["bn"], *splits.data[s])
         b = torch_ref.split_loss(params, bnmean, bnvar, *splits.data[s])
         assert abs(a - b) <= 1e-6, (s, a, b)
 
@@ -304,10 +305,11 @@ def test_replay_parity_with_the_notebook_loop(splits, tmp_path):
 @pytest.mark.parametrize("chunk", [None, 1000])  # one chunk and a padded last; 183 chunks
 def test_streamed_evaluation_is_the_all_at_once_one(trained, splits, monkeypatch, chunk):
     """Calibration and split losses over chunks equal the whole split at once, in float64."""
+    import jaxninja.evaluate as evaluate
     import jaxninja.model as model
 
     if chunk:
-        monkeypatch.setattr(model, "EVAL_CHUNK", chunk)
+        monkeypatch.setattr(evaluate, "EVAL_CHUNK", chunk)
     p = {k: np.asarray(v, np.float64) for k, v in trained.checkpoint.params.items()}
     X, _ = splits.data["train"]
     hprebn = p["C"][X].reshape(len(X), -1) @ p["W1"] + p["b1"]

@@ -273,4 +273,4 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray
     from jaxninja import checkpoint
 
     ckpt = checkpoint.load(path)
-    return ckpt.params, *ckpt.bn
+    return ckpt.params, *ckpt.bn["bn"]

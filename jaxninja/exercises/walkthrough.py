@@ -386,7 +386,7 @@ for name in ("train", "val"):
 # %%
 from jaxninja.sample import sample_names
 
-print(", ".join(sample_names(p, bn, vocab, block_size=3, n=10, seed=0)))
+print(", ".join(sample_names(train_cfg, p, {"bn": bn}, vocab, n=10, seed=0)))
 
 # %% [markdown]
 # ## What JAX changes
