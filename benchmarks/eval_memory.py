@@ -37,7 +37,8 @@ def child(way: str, words_file: str) -> None:
 
     @jax.jit
     def all_at_once_bn(p, X):  # (N, H) activations of the whole split at once
-        h = layers.linear_forward(layers.embedding_forward(p["C"], X)[0], p["W1"], p["b1"])[0]
+        embcat = layers.embedding_forward(p["C"], X)[0].reshape(len(X), -1)  # (N, T*E)
+        h = layers.linear_forward(embcat, p["W1"], p["b1"])[0]
         return BNStats(h.mean(0, keepdims=True), h.var(0, ddof=1, keepdims=True))
 
     @jax.jit

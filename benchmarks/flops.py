@@ -1,7 +1,7 @@
 """How close to the machine's limit: a training step's FLOP count, and the machine's dense
 matmul throughput measured in the same run, so a µs/step figure means something on any machine.
 
-The step's arithmetic is its six matmuls (forward: embcat @ W1, h @ W2; backward: dW2, dh, dW1,
+The MLP step's arithmetic is its six matmuls (forward: embcat @ W1, h @ W2; backward: dW2, dh, dW1,
 dembcat), 2 * B * (T*E*H + H*V) FLOPs each pair, 6 * B * (T*E*H + H*V) in all; the elementwise
 work is a few percent of it. The limit is that count at the throughput of one large float32
 matmul on every device at once, the best this machine does.
@@ -16,6 +16,17 @@ import time
 def step_flops(batch: int, block: int, n_embd: int, n_hidden: int, vocab: int) -> int:
     """FLOPs of one training step's matmuls, forward and backward."""
     return 6 * batch * (block * n_embd * n_hidden + n_hidden * vocab)
+
+
+def wavenet_step_flops(batch: int, block: int, n_embd: int, n_hidden: int, vocab: int) -> int:
+    """FLOPs of one WaveNet training step's matmuls: each stage's Linear on (B, T/2**i, 2C) and
+    the last one, three matmuls each (forward, dW, dx: the first stage's dx feeds dC)."""
+    total, T, width = 0, block, n_embd
+    while T > 1:
+        T, width = T // 2, width * 2
+        total += 3 * 2 * batch * T * width * n_hidden
+        width = n_hidden
+    return total + 3 * 2 * batch * n_hidden * vocab
 
 
 def matmul_flops_per_s(n: int = 2048, repeats: int = 7) -> float:

@@ -1,6 +1,6 @@
-"""Training speed: jaxninja against the notebook's PyTorch loops, in one process, same machine.
+"""Training speed: jaxninja against the lectures' PyTorch loops, in one process, same machine.
 
-    python benchmarks/train_speed.py [--steps 2000] [--no-compile] [--full]
+    python benchmarks/train_speed.py [--steps 2000] [--no-compile] [--full] [--model wavenet]
 
 Measures µs per training step at the notebook's sizes (n_embd 10, n_hidden 200, block 3,
 batch 32) of
@@ -10,6 +10,11 @@ batch 32) of
   (d) jaxninja: the jitted lax.scan loop on the hand-written fused backward,
 and prints the ratios (a)/(d) etc. With --full it also times jaxninja's whole 200k-step run
 (compile excluded and reported). Timings are wall-clock medians over repeats.
+
+With --model wavenet, at part 5's sizes (block 8, n_embd 24, n_hidden 128, batch 32):
+  (a) the lecture's loop: autograd over its layer classes (torch_ref.wavenet), SGD,
+  (b) torch.compile of its forward and loss (autograd compiles the backward with it),
+  (c) jaxninja: the jitted chunk on the WaveNet's hand-written backward.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import tempfile
 import time
 
 import numpy as np
-from flops import limit_line, matmul_flops_per_s, step_flops
+from flops import limit_line, matmul_flops_per_s, step_flops, wavenet_step_flops
 
 
 def time_torch(step, p, X, Y, steps: int, repeats: int, batch_size: int = 32) -> float:
@@ -65,14 +70,12 @@ def autograd_step(p, Xb, Yb, lr, eps=1e-5):
     return loss
 
 
-def time_jaxninja(vocab_size: int, X, Y, steps: int, repeats: int) -> float:
+def time_jaxninja(mc, tc, X, Y, steps: int, repeats: int) -> float:
     import jax
     import jax.numpy as jnp
 
-    from jaxninja.config import ModelConfig, TrainConfig
     from jaxninja.train import chunk_runner, init_state
 
-    mc, tc = ModelConfig(vocab_size=vocab_size, n_hidden=200), TrainConfig()
     state = init_state(mc, tc)  # the same initial parameters as the PyTorch loops get
     Xd, Yd = jnp.asarray(X), jnp.asarray(Y)
     chunk = tc.chunk_steps
@@ -90,28 +93,77 @@ def time_jaxninja(vocab_size: int, X, Y, steps: int, repeats: int) -> float:
     return statistics.median(runs)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=2000, help="steps per timed repeat (2000)")
-    ap.add_argument("--repeats", type=int, default=5, help="repeats; the median is kept (5)")
-    ap.add_argument("--no-compile", action="store_true", help="skip (c), torch.compile")
-    ap.add_argument("--full", action="store_true", help="also time jaxninja's full 200k run")
-    ap.add_argument("--json", help="also write the results to this file")
-    ap.add_argument("--data", default=None)
-    args = ap.parse_args()
-
+def print_table(results: dict, jax_us: float, flops: int) -> float:
+    """The rows as µs/step, against jaxninja and against this machine's FLOP limit."""
     import jax
+    import torch
+
+    device = jax.devices()[0]
+    print(f"machine: {platform.processor() or platform.machine()}, jax {jax.__version__} on "
+          f"{device.platform} ({device.device_kind}), torch {torch.__version__} with "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+    limit_us = flops / matmul_flops_per_s() * 1e6
+    print(limit_line(flops, flops / limit_us * 1e6))
+    print(f"{'loop':38s} {'µs/step':>9s} {'vs jaxninja':>12s} {'x the FLOP limit':>17s}")
+    for name, us in results.items():
+        if isinstance(us, str):
+            print(f"{name:38s} {us}")
+        else:
+            print(f"{name:38s} {us:9.1f} {us / jax_us:11.1f}x {us / limit_us:16.1f}x")
+    return limit_us
+
+
+def wavenet_rows(args, X, Y, vocab_size: int) -> tuple[dict, object, object]:
+    """The lecture's part-5 loop, torch.compile of it, and jaxninja, at the lecture's sizes."""
+    import torch
+
+    import torch_ref
+    from jaxninja.config import model_config, training_config
+    from jaxninja.wavenet import init_params
+
+    mc = model_config("wavenet", "train", vocab_size=vocab_size)
+    tc = training_config("wavenet")
+    Xt, Yt = torch.tensor(X).long(), torch.tensor(Y).long()
+
+    def lecture_step(loss_fn):
+        model, _, _ = torch_ref.wavenet.build(init_params(mc, tc.seed))
+        parameters = model.parameters()
+        for t in parameters:
+            t.requires_grad = True
+
+        def step(_, Xb, Yb, lr):
+            torch_ref.wavenet.sgd_step(parameters, loss_fn(model, Xb, Yb), lr)
+
+        return step
+
+    results: dict[str, float | str] = {}
+    results["(a) the lecture's loop, autograd"] = time_torch(
+        lecture_step(torch_ref.wavenet.loss_of), None, Xt, Yt, args.steps, args.repeats
+    )
+    if args.no_compile:
+        results["(b) torch.compile of (a)"] = "skipped (--no-compile)"
+    else:
+        try:
+            compiled = lecture_step(torch.compile(torch_ref.wavenet.loss_of))
+            results["(b) torch.compile of (a)"] = time_torch(
+                compiled, None, Xt, Yt, args.steps, args.repeats
+            )
+        except Exception as e:  # inductor needs a working C++ toolchain
+            results["(b) torch.compile of (a)"] = f"failed: {type(e).__name__}"
+    results["(c) jaxninja"] = time_jaxninja(mc, tc, X, Y, args.steps, args.repeats)
+    return results, mc, tc
+
+
+def mlp_rows(args, X, Y, vocab_size: int) -> tuple[dict, object, object]:
+    """The notebook's loops, torch.compile of the manual one, and jaxninja, at part 4's sizes."""
     import torch
 
     import torch_ref
     from jaxninja.config import ModelConfig, TrainConfig
-    from jaxninja.data import load_splits, resolve_data_path
     from jaxninja.model import init_params
 
-    splits = load_splits(resolve_data_path(args.data), 3)
-    X, Y = splits.data["train"]
-    mc = ModelConfig(vocab_size=splits.vocab.size, n_hidden=200)
-    params = init_params(mc, TrainConfig().seed)
+    mc, tc = ModelConfig(vocab_size=vocab_size, n_hidden=200), TrainConfig()
+    params = init_params(mc, tc.seed)
 
     def torch_params(grad=False):
         return {k: torch.tensor(v, requires_grad=grad) for k, v in params.items()}
@@ -133,37 +185,49 @@ def main() -> None:
                     compiled, torch_params(), Xt, Yt, args.steps, args.repeats)  # fmt: skip
         except Exception as e:  # inductor needs a working C++ toolchain
             results["(c) torch.compile of (a)"] = f"failed: {type(e).__name__}"
-    jax_us = time_jaxninja(splits.vocab.size, X, Y, args.steps, args.repeats)
-    results["(d) jaxninja"] = jax_us
+    results["(d) jaxninja"] = time_jaxninja(mc, tc, X, Y, args.steps, args.repeats)
+    return results, mc, tc
 
-    device = jax.devices()[0]
-    print(f"machine: {platform.processor() or platform.machine()}, jax {jax.__version__} on "
-          f"{device.platform} ({device.device_kind}), torch {torch.__version__} with "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
-    flops = step_flops(32, mc.block_size, mc.n_embd, mc.n_hidden, mc.vocab_size)
-    limit_us = flops / matmul_flops_per_s() * 1e6
-    print(limit_line(flops, flops / limit_us * 1e6))
-    print(f"{'loop':38s} {'µs/step':>9s} {'vs jaxninja':>12s} {'x the FLOP limit':>17s}")
-    for name, us in results.items():
-        if isinstance(us, str):
-            print(f"{name:38s} {us}")
-        else:
-            print(f"{name:38s} {us:9.1f} {us / jax_us:11.1f}x {us / limit_us:16.1f}x")
-    results["FLOP limit µs/step"] = limit_us
+
+def time_full_run(mc, tc, X, Y, vocab, results: dict) -> None:
+    """jaxninja's whole run (tc.steps), compilation excluded and reported."""
+    from jaxninja.train import train
+
+    with tempfile.TemporaryDirectory() as out:
+        r = train(mc, tc, (X, Y), vocab, out, progress=False, log=lambda s: None)
+    results[f"full {tc.steps} run: training s"] = r.train_seconds
+    results[f"full {tc.steps} run: compile s"] = r.compile_seconds
+    us = r.train_seconds / tc.steps * 1e6
+    print(
+        f"jaxninja full {tc.steps}-step run: {r.train_seconds:.1f} s training ({us:.1f} "
+        f"µs/step), {r.compile_seconds:.1f} s compile"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=2000, help="steps per timed repeat (2000)")
+    ap.add_argument("--repeats", type=int, default=5, help="repeats; the median is kept (5)")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--full", action="store_true", help="also time jaxninja's full 200k run")
+    ap.add_argument("--model", choices=("mlp", "wavenet"), default="mlp", help="(mlp)")
+    ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--data", default=None)
+    args = ap.parse_args()
+
+    from jaxninja.data import load_splits, resolve_data_path
+
+    block = 8 if args.model == "wavenet" else 3
+    splits = load_splits(resolve_data_path(args.data), block)
+    X, Y = splits.data["train"]
+    rows = wavenet_rows if args.model == "wavenet" else mlp_rows
+    results, mc, tc = rows(args, X, Y, splits.vocab.size)
+    count = wavenet_step_flops if args.model == "wavenet" else step_flops
+    flops = count(tc.batch_size, mc.block_size, mc.n_embd, mc.n_hidden, mc.vocab_size)
+    jax_us = next(v for k, v in results.items() if "jaxninja" in k)
+    results["FLOP limit µs/step"] = print_table(results, jax_us, flops)
     if args.full:
-        from jaxninja.train import train
-
-        with tempfile.TemporaryDirectory() as out:
-            r = train(
-                mc, TrainConfig(), (X, Y), splits.vocab, out, progress=False, log=lambda s: None
-            )
-        results["full 200k run: training s"] = r.train_seconds
-        results["full 200k run: compile s"] = r.compile_seconds
-        us = r.train_seconds / 200_000 * 1e6
-        print(
-            f"jaxninja full 200k-step run: {r.train_seconds:.1f} s training ({us:.1f} µs/step), "
-            f"{r.compile_seconds:.1f} s compile"
-        )
+        time_full_run(mc, tc, X, Y, splits.vocab, results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

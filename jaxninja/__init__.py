@@ -17,7 +17,7 @@ from jaxninja.data import (
     split_words,
 )
 from jaxninja.errors import UsageError
-from jaxninja.grader import Grade, grade, load_function
+from jaxninja.grader import Grade, grade, load_function, load_module
 from jaxninja.model import (
     GRAD_ORDER,
     INTERMEDIATES,
@@ -53,6 +53,7 @@ __all__ = [
     "grads_autodiff",
     "init_params",
     "load_function",
+    "load_module",
     "load_splits",
     "loss",
     "loss_and_grads",

@@ -67,14 +67,17 @@ def filename(step: int) -> str:
 def save(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     """Write `ckpt` to `path` atomically."""
     path = Path(path)
-    tensors = {f"params/{k}": np.asarray(ckpt.params[k]) for k in models.of(ckpt.model).param_shapes(ckpt.model)}
+    tensors = {
+        f"params/{k}": np.asarray(ckpt.params[k])
+        for k in models.of(ckpt.model).param_shapes(ckpt.model)
+    }
     for name, (mean, var) in ckpt.bn_running.items():  # the MLP's: bn/running_mean, ...
         tensors[f"{name}/running_mean"], tensors[f"{name}/running_var"] = mean, var
     for name, (mean, var) in (ckpt.bn_calibrated or {}).items():
         tensors[f"{name}/mean"], tensors[f"{name}/var"] = mean, var
     for i, leaf in enumerate(ckpt.opt_leaves):
         tensors[f"opt/{i:03d}"] = np.asarray(leaf)
-    tensors["losses"] = np.asarray(ckpt.losses, np.float32)
+    tensors["losses"] = np.asarray(ckpt.losses, ckpt.model.dtype)  # as trained: a resume is exact
     metadata = {
         "format": FORMAT,
         "step": str(ckpt.step),
@@ -271,7 +274,9 @@ def load(path: str | os.PathLike) -> Checkpoint:
             )
     _check_finite(path, tensors, bn_names)
     params = {k[len("params/") :]: tensors[k] for k in expected if k.startswith("params/")}
-    bn_running = {n: BNStats(tensors[f"{n}/running_mean"], tensors[f"{n}/running_var"]) for n in bn_names}
+    bn_running = {
+        n: BNStats(tensors[f"{n}/running_mean"], tensors[f"{n}/running_var"]) for n in bn_names
+    }
     calibrated = None
     if all(f"{n}/mean" in tensors for n in bn_names):
         calibrated = {n: BNStats(tensors[f"{n}/mean"], tensors[f"{n}/var"]) for n in bn_names}

@@ -17,7 +17,6 @@ from pathlib import Path
 from jaxninja.config import (
     DEFAULT_LR,
     DEFAULT_TIMEOUT,
-    MODEL_SIZES,
     MODELS,
     OPTIMIZERS,
     SCHEDULES,
@@ -173,14 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--candidate",
         metavar="PATH.py:FUNCTION",
-        help="grade your own function (also module:function) instead of jaxninja's backward",
+        help="grade your own function (also module:function) instead of jaxninja's backward; "
+        "for exercise 5 the file alone, PATH.py (or module): both its functions are graded",
     )
     p.add_argument(
         "--exercise",
         type=int,
-        choices=(1, 2, 3),
+        choices=(1, 2, 3, 4, 5),
         help="the exercise --candidate answers: 1 fn(params, v, Xb, Yb) -> dict, "
-        "2 fn(logits, Yb) -> dlogits, 3 fn(dhpreact, bngain, bnvar_inv, bnraw) -> dhprebn",
+        "2 fn(logits, Yb) -> dlogits, 3 fn(dhpreact, bngain, bnvar_inv, bnraw) -> dhprebn; "
+        "5 (part 5, the WaveNet) flatten_consecutive_backward(dout, n) -> dx and "
+        "batchnorm_backward(dout, bnraw, bnvar_inv, gamma) -> (dx, dgamma, dbeta), graded in "
+        "the WaveNet's stack at its sizes (exercise 4 is train --backward)",
     )
     p.add_argument(
         "--timeout",
@@ -279,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
-        "exercises", help="write the exercise files and the walkthrough notebook into a folder"
+        "exercises", help="write the exercise files and the walkthrough notebooks into a folder"
     )
     p.add_argument(
         "folder", help="where to write them (made if missing; a file already there is kept)"
@@ -343,11 +346,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _grade(args: argparse.Namespace) -> int:
     """check --candidate: the same table, JSON and exit code, for the learner's function."""
-    from jaxninja.grader import grade, load_function
+    from jaxninja.grader import grade, load_function, load_module
 
     if not (args.candidate and args.exercise):
-        raise UsageError("--candidate PATH.py:FUNCTION and --exercise 1|2|3 go together")
-    fn, name = load_function(args.candidate)
+        raise UsageError(
+            "--candidate and --exercise go together: --candidate PATH.py:FUNCTION --exercise "
+            "1|2|3, or --candidate PATH.py --exercise 5"
+        )
+    if args.exercise == 4:
+        raise UsageError(
+            "exercise 4 is training on your exercise-1 gradients: jaxninja train --backward "
+            "ex1_backward.py:backward"
+        )
+    fn, name = (load_module if args.exercise == 5 else load_function)(args.candidate)
     result = grade(
         fn, args.exercise, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size,
         data=args.data, name=name, timeout=args.timeout, **_sizes(args),
@@ -411,7 +422,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     process never leaves the others waiting: the data, the configs (a --resume checkpoint read
     whole), and, in the process that writes, the run directory's lock."""
     from jaxninja import checkpoint, data, models
-    from jaxninja.train import refuse_foreign_files
+    from jaxninja.train import refuse_backward, refuse_foreign_files
 
     path = data.resolve_data_path(args.data)
     words = data.read_words(path)
@@ -420,6 +431,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume = checkpoint.load_run(args.out, args.seeds, chosen) if args.resume else None
     model_cfg, train_cfg = _train_configs(args, vocab.size, resume)
     models.of(model_cfg).check_fits(model_cfg)
+    if args.backward:
+        refuse_backward(model_cfg)
     refuse_foreign_files(args.out, train_cfg, args.seeds)
     writes = args.process_id in (None, 0)
     with checkpoint.hold_run_dir(args.out) if writes else nullcontext():
@@ -578,7 +591,10 @@ def cmd_exercises(args: argparse.Namespace) -> int:
         print(f"wrote {', '.join(p.name for p in written)} into {args.folder}")
     if kept:
         print(f"kept {', '.join(p.name for p in kept)}: already there, left as they are")
-    print(f"open walkthrough.ipynb, fill the `...  # TODO` lines, then grade from {args.folder}:")
+    print(
+        "open walkthrough.ipynb (part 4) and wavenet_walkthrough.ipynb (part 5), fill the "
+        f"`...  # TODO` lines, then grade from {args.folder}:"
+    )
     for command in GRADE_COMMANDS.values():
         print(f"  {command}")
     print("(the data: --data PATH or $JAXNINJA_DATA; else data/names.txt there, downloaded)")

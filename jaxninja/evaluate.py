@@ -49,6 +49,14 @@ def _centered_sum(bn_input: Callable, params, bn, X, mask, center, power: int) -
     return (d if power == 1 else d * d).sum(batch_axes(d))
 
 
+def _total(bn_input: Callable, params, stats, X, center: np.ndarray, power: int) -> np.ndarray:
+    """`_centered_sum` over every chunk of X, added up on the host in float64: (H,)."""
+    acc = np.zeros(center.shape, np.float64)
+    for (Xc,), mask in chunks(X):
+        acc += np.asarray(_centered_sum(bn_input, params, stats, Xc, mask, center, power))
+    return acc
+
+
 def calibrate(
     bn_inputs: dict[str, Callable],
     shapes: dict[str, tuple[int, ...]],
@@ -62,19 +70,11 @@ def calibrate(
     dtype = next(iter(params.values())).dtype
     stats: dict[str, BNStats] = {}
     for name, bn_input in bn_inputs.items():
-        count = len(X) * int(np.prod(jax.eval_shape(bn_input, params, stats, X[:1]).shape[1:-1]))
-
-        def total(center: np.ndarray, power: int) -> np.ndarray:
-            acc = 0.0
-            for (Xc,), mask in chunks(X):
-                acc = acc + np.asarray(
-                    _centered_sum(bn_input, params, stats, Xc, mask, center, power), np.float64
-                )
-            return acc
-
+        positions = jax.eval_shape(bn_input, params, stats, X[:1]).shape[1:-1]  # (), or (T,)
+        count = len(X) * int(np.prod(positions))
         H = shapes[name][-1]
-        mean = total(np.zeros((H,), dtype), 1) / count
-        var = total(mean.astype(dtype), 2) / (count - 1)
+        mean = _total(bn_input, params, stats, X, np.zeros((H,), dtype), 1) / count
+        var = _total(bn_input, params, stats, X, mean.astype(dtype), 2) / (count - 1)
         stats[name] = BNStats(*(jnp.asarray(v.reshape(shapes[name]), dtype) for v in (mean, var)))
     return stats
 
@@ -90,5 +90,7 @@ def split_loss(logits: Callable, params, bn, X: np.ndarray, Y: np.ndarray) -> fl
     """The notebook's split_loss: mean cross-entropy over a whole split in inference mode."""
     if len(X) == 0:
         return float("nan")
-    total = sum(float(_nll_sum(logits, params, bn, Xc, Yc, mask)) for (Xc, Yc), mask in chunks(X, Y))
+    total = sum(
+        float(_nll_sum(logits, params, bn, Xc, Yc, mask)) for (Xc, Yc), mask in chunks(X, Y)
+    )
     return total / len(X)

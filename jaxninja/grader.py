@@ -1,5 +1,5 @@
 """Grade a learner's own backward: the checker (verify.py) with their function in the seat of
-exercise 1, 2 or 3.
+exercise 1, 2 or 3; for exercise 5, the WaveNet's (grader_wavenet.py).
 
 `grade(fn, exercise)` runs `fn` on seeded cases (by default the notebook's batch of 32 and a
 batch of 5 of another seed, so a batch size written in by hand, or a fit to one input, fails) and
@@ -15,38 +15,44 @@ The signatures, one per exercise (the exercise files, `jaxninja exercises DIR`, 
      "C"), as the notebook's cmp calls name them. Rows not returned are "not written".
   2. fn(logits, Yb) -> dlogits
   3. fn(dhpreact, bngain, bnvar_inv, bnraw) -> dhprebn
+  5. two functions, given as their module (or a mapping by name): part 5's layers' backwards,
+     flatten_consecutive_backward(dout, n) -> dx and
+     batchnorm_backward(dout, bnraw, bnvar_inv, gamma) -> (dx, dgamma, dbeta), graded in every
+     seat of the WaveNet's stack (grader_wavenet.py)
 A function that returns `...` (an unfilled exercise) has written nothing yet.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from jaxninja import candidate, references, verify
-from jaxninja.candidate import DEFAULT_TIMEOUT, load_function
-from jaxninja.config import ModelConfig, check_batch_size
+from jaxninja import candidate, grader_wavenet, references, verify
+from jaxninja.candidate import DEFAULT_TIMEOUT, load_function, load_module, run_once
+from jaxninja.config import check_batch_size, model_config
 from jaxninja.data import resolve_data_path
 from jaxninja.errors import UsageError
 from jaxninja.model import GRAD_ORDER
 
-__all__ = ["EXERCISES", "Grade", "grade", "load_function"]
+__all__ = ["EXERCISES", "Grade", "grade", "load_function", "load_module"]
 
 
 class Exercise(NamedTuple):
     signature: str
-    rows: tuple[str, ...]  # the tensors whose gradients it writes
+    rows: tuple[str, ...]  # the tensors whose gradients it writes (exercise 5: the stack's say)
 
 
 EXERCISES = {
     1: Exercise("fn(params, v, Xb, Yb) -> dict of gradients by tensor name", GRAD_ORDER),
     2: Exercise("fn(logits, Yb) -> dlogits", ("logits",)),
     3: Exercise("fn(dhpreact, bngain, bnvar_inv, bnraw) -> dhprebn", ("hprebn",)),
+    5: Exercise(grader_wavenet.SIGNATURE, ()),
 }
 # (batch size, seed): the notebook's case, and a small odd batch of another seed
 DEFAULT_CASES = ((32, 0), (5, 1))
@@ -67,6 +73,7 @@ class Grade(NamedTuple):
     written: list[str]  # the rows the function returned, in the notebook's order
     hints: list[str | None]  # per case: what the first failure looks like, where we can tell
     notes: tuple[str, ...] = ()  # what the function's run showed beside the verdict (a print)
+    rows: tuple[str, ...] = ()  # the rows the exercise writes, where not EXERCISES' (exercise 5)
 
     @property
     def ok(self) -> bool:
@@ -84,7 +91,7 @@ class Grade(NamedTuple):
 
     @property
     def of(self) -> int:
-        return len(EXERCISES[self.exercise].rows)
+        return len(self.rows or EXERCISES[self.exercise].rows)
 
     def first_failing_case(self) -> int | None:
         return next((i for i, r in enumerate(self.reports) if not r.ok), None)
@@ -153,64 +160,80 @@ class Grade(NamedTuple):
 
 
 def grade(
-    fn: Callable,
+    fn: Callable | ModuleType | Mapping[str, Callable],
     exercise: int,
     *,
     dtype: str = "float32",
     seed: int | None = None,
     batch_size: int | None = None,
-    n_hidden: int = 64,
-    n_embd: int = 10,
-    block_size: int = 3,
+    n_hidden: int | None = None,
+    n_embd: int | None = None,
+    block_size: int | None = None,
     data: str | None = None,
     with_torch: bool | None = None,
     name: str | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
 ) -> Grade:
-    """Grade `fn` as exercise 1, 2 or 3 (signatures in the module docstring). With `seed` or
-    `batch_size` given, that one case (the other from the defaults); else DEFAULT_CASES.
+    """Grade `fn` as exercise 1, 2, 3 or 5 (signatures in the module docstring; for exercise 5,
+    a module or a mapping holding its two functions by name). With `seed` or `batch_size`
+    given, that one case (the other from the defaults); else DEFAULT_CASES. The sizes left None
+    are the exercise's model's for a check (the MLP's 3, 10, 64; the WaveNet's 8, 24, 128).
 
     What the function is compared against is computed once (references.py) and kept, in this
     process and on disk. `timeout`: seconds a case may spend in `fn` (tracing it included)
     before it is stopped; None for no limit."""
     if exercise not in EXERCISES:
-        raise UsageError(f"exercise must be 1, 2 or 3, got {exercise!r}")
-    _check_arity(fn, exercise)
+        four = " (exercise 4 is training: jaxninja train --backward PATH.py:FUNCTION)"
+        raise UsageError(f"exercise must be 1, 2, 3 or 5, got {exercise!r}{four * (exercise == 4)}")
+    fns = grader_wavenet.functions(fn) if exercise == 5 else _check_arity(fn, exercise)
+    cases = _cases(seed, batch_size)
+    model = "wavenet" if exercise == 5 else "mlp"
+    given = {"block_size": block_size, "n_embd": n_embd, "n_hidden": n_hidden}
+    given = {k: v for k, v in given.items() if v is not None}
+    cfg = model_config(model, "check", vocab_size=2, dtype=dtype, **given)  # the sizes' checks
+    sizes = references.Sizes(cfg.block_size, cfg.n_embd, cfg.n_hidden, dtype, model)
+    if with_torch is None:
+        with_torch = grader_wavenet.torch_available() if exercise == 5 else verify.torch_available()
+    path = resolve_data_path(data)
+    results = []
+    for b, s in cases:
+        refs = references.references(path, sizes, b, s, with_torch)
+        if exercise == 5:
+            results.append(grader_wavenet.grade_case(fns, refs, timeout))
+        else:
+            results.append(_grade_case(fn, exercise, refs, timeout))
+    rows = tuple(grader_wavenet.seats(cfg)) if exercise == 5 else EXERCISES[exercise].rows
+    reports = [r for r, _, _, _ in results]
+    written = [k for k in rows if k in results[0][1]]
+    notes = tuple(dict.fromkeys(n for _, _, _, ns in results for n in ns))
+    hints = [h for _, _, h, _ in results]
+    return Grade(exercise, name or _name(fn), reports, written, hints, notes, rows)
+
+
+def _cases(seed: int | None, batch_size: int | None) -> tuple[tuple[int, int], ...]:
     if seed is None and batch_size is None:
         cases = DEFAULT_CASES
     else:
         cases = ((32 if batch_size is None else batch_size, 0 if seed is None else seed),)
     for b, _ in cases:
         check_batch_size(b)
-    ModelConfig(2, block_size, n_embd, n_hidden, dtype=dtype)  # the sizes' own checks, first
-    sizes = references.Sizes(block_size, n_embd, n_hidden, dtype)
-    if with_torch is None:
-        with_torch = verify.torch_available()
-    path = resolve_data_path(data)
-    name = name or getattr(fn, "__qualname__", repr(fn))
-    results = [
-        _grade_case(fn, exercise, references.references(path, sizes, b, s, with_torch), timeout)
-        for b, s in cases
-    ]
-    reports = [r for r, _, _, _ in results]
-    written = [k for k in EXERCISES[exercise].rows if k in results[0][1]]
-    notes = tuple(dict.fromkeys(n for _, _, _, ns in results for n in ns))
-    return Grade(exercise, name, reports, written, [h for _, _, h, _ in results], notes)
+    return cases
+
+
+def _name(fn: Any) -> str:
+    """How a grade names what it graded, where the caller does not: the function, the file."""
+    if isinstance(fn, ModuleType):
+        return Path(fn.__file__).name if getattr(fn, "__file__", None) else fn.__name__
+    if isinstance(fn, Mapping):
+        return ", ".join(getattr(f, "__qualname__", repr(f)) for f in fn.values())
+    return getattr(fn, "__qualname__", repr(fn))
 
 
 def _check_arity(fn: Callable, exercise: int) -> None:
     if not callable(fn):
         raise UsageError(f"exercise {exercise} needs a function, got {type(fn).__name__}")
     n_args = 4 if exercise in (1, 3) else 2
-    try:
-        inspect.signature(fn).bind(*range(n_args))
-    except TypeError:
-        raise UsageError(
-            f"{getattr(fn, '__name__', 'the function')} takes {inspect.signature(fn)}; exercise "
-            f"{exercise} calls it with {n_args} arguments: {EXERCISES[exercise].signature}"
-        ) from None
-    except ValueError:  # a builtin without a signature: let the call say
-        pass
+    candidate.check_arity(fn, n_args, exercise, EXERCISES[exercise].signature)
 
 
 class _NotWritten(Exception):
@@ -243,24 +266,14 @@ def _run_candidate(fn, exercise, p, values, sources, case) -> dict[str, jax.Arra
     """The candidate's gradients by tensor name, traced afresh (a new jit wrapper each call).
     Exercises 2 and 3 get the forward's tensors (and the fused backward's dhpreact) as inputs."""
     if exercise == 1:
-        return _run_once(lambda q, v, x, y: _written(fn(q, v, x, y)), p, values, case.Xb, case.Yb)
+        return run_once(lambda q, v, x, y: _written(fn(q, v, x, y)), p, values, case.Xb, case.Yb)
     if exercise == 2:
         args = (values["logits"], case.Yb)
     else:
         dhpreact = sources["fused"]["hpreact"]
         args = (dhpreact, p["bngain"], values["bnvar_inv"], values["bnraw"])
-    out = _run_once(lambda *a: _one_array(fn(*a), exercise), *args)
+    out = run_once(lambda *a: _one_array(fn(*a), exercise), *args)
     return {EXERCISES[exercise].rows[0]: out}
-
-
-# The learner's function runs once, on a small batch: compiled without LLVM's optimisations,
-# which are most of a grade's compile time (exercise 1: 1.5 s -> 0.5 s here) and buy run time it
-# does not need. The rounding may differ in the last bits; the verdicts are calibrated on far more.
-QUICK_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def _run_once(f: Callable, *args: Any) -> Any:
-    return jax.jit(f).lower(*args).compile(QUICK_COMPILE)(*args)
 
 
 def _one_array(out: Any, exercise: int) -> Any:

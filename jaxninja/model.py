@@ -214,7 +214,9 @@ def _hprebn(params: Params, X: jax.Array) -> jax.Array:
 @partial(jax.jit, static_argnames="eps")
 def logits_eval(params: Params, bn: BNStats, X: jax.Array, eps: float = 1e-5) -> jax.Array:
     """Inference forward with fixed BatchNorm statistics: (N, T) -> logits (N, V)."""
-    hpreact = layers.batchnorm_eval(_hprebn(params, X), params["bngain"], params["bnbias"], *bn, eps)
+    hpreact = layers.batchnorm_eval(
+        _hprebn(params, X), params["bngain"], params["bnbias"], *bn, eps
+    )
     logits, _ = layers.linear_forward(jnp.tanh(hpreact), params["W2"], params["b2"])  # (N, V)
     return logits
 

@@ -2,9 +2,11 @@
 
 None of it depends on the learner's code: the seeded case, the forward's intermediates and every
 reference source (jax.grad and its float64 truth, PyTorch autograd and manual, the project's
-atomic and fused backwards). A notebook grades many times in one process, so an entry is kept in
-memory; a learner's edit-and-grade loop is many processes, so it is kept on disk as well, in the
-user's cache directory (`$JAXNINJA_CACHE` to put it elsewhere, `off` to keep nothing on disk).
+atomic and fused backwards); for exercise 5, the WaveNet's (stack_check.py: jax.grad, its truth,
+PyTorch autograd, the stack's own backward). A notebook grades many times in one process, so an
+entry is kept in memory; a learner's edit-and-grade loop is many processes, so it is kept on disk
+as well, in the user's cache directory (`$JAXNINJA_CACHE` to put it elsewhere, `off` to keep
+nothing on disk).
 
 An entry on disk is named by everything it is computed from: the project's version and a digest
 of the source files that compute it, the data file's SHA-256, the sizes, dtype, batch and seed,
@@ -27,7 +29,7 @@ import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError, safe_open
 
-from jaxninja import verify
+from jaxninja import stack_check, verify, wavenet
 from jaxninja.config import ModelConfig
 from jaxninja.data import load_splits
 from jaxninja.fileio import atomic_path
@@ -36,14 +38,17 @@ from jaxninja.model import Case, forward_chunked, make_case, to_device
 CACHE_ENV = "JAXNINJA_CACHE"
 FORMAT = 1  # bump when what an entry holds changes
 # the files whose code computes an entry: a change to any of them is a new entry
-SOURCES = ("model.py", "backward.py", "autodiff.py", "layers.py", "verify.py", "references.py")
+SOURCES = (
+    "model.py", "backward.py", "autodiff.py", "layers.py", "verify.py", "references.py",
+    "wavenet.py", "stack_check.py",
+)  # fmt: skip
 
 
 class References(NamedTuple):
     cfg: ModelConfig
     seed: int
     case: Case  # numpy: params, Xb, Yb
-    values: dict[str, np.ndarray]  # forward_chunked's 19 intermediates
+    values: dict[str, np.ndarray]  # forward_chunked's 19 intermediates (none for the WaveNet)
     sources: dict[str, dict[str, np.ndarray]]  # verify.gradient_sources' gradients by source
     losses: dict[str, float]
     shapes: dict[str, tuple[int, ...]]
@@ -54,6 +59,7 @@ class Sizes(NamedTuple):
     n_embd: int
     n_hidden: int
     dtype: str
+    model: str = "mlp"  # or "wavenet" (exercise 5)
 
 
 _memory: dict[str, References] = {}
@@ -80,12 +86,24 @@ def references(
 def _compute(data: Path, sizes: Sizes, batch_size: int, seed: int, with_torch: bool):
     splits = load_splits(data, sizes.block_size)
     cfg = ModelConfig(splits.vocab.size, **sizes._asdict())
+    if cfg.model == "wavenet":
+        return _compute_stack(cfg, splits.data["train"], batch_size, seed, with_torch)
     case = make_case(cfg, *splits.data["train"], batch_size, seed)
     with verify.check_context(cfg.dtype):
         sources, losses, shapes = verify.gradient_sources(case, cfg.eps, with_torch)
         _, values = forward_chunked(to_device(case.params), case.Xb, case.Yb, eps=cfg.eps)
     values = jax.tree.map(np.asarray, values)
     return References(cfg, seed, case, values, sources, losses, shapes)
+
+
+def _compute_stack(cfg: ModelConfig, train, batch_size: int, seed: int, with_torch: bool):
+    """The WaveNet's references: stack_check's case and sources, but for its layer vjps, which
+    are fed the backward under test and so are computed with the learner's."""
+    case = make_case(cfg, *train, batch_size, seed, init=wavenet.check_params)
+    with verify.check_context(cfg.dtype):
+        sources, losses, shapes = stack_check.gradient_sources(cfg, case, with_torch)
+    del sources["layer vjp"]
+    return References(cfg, seed, case, {}, sources, losses, shapes)
 
 
 # --- the key ------------------------------------------------------------------------------------

@@ -47,7 +47,9 @@ def layer_vjps(cfg: ModelConfig, params, Xb, Yb, manual: dict[str, jax.Array]) -
             _, pull = jax.vjp(lambda p, L=layer, X=x: L.forward(p, X)[0], layers.own(params, layer))
             (dp,) = pull(manual[layer.name])
         else:
-            _, pull = jax.vjp(lambda p, a, L=layer: L.forward(p, a)[0], layers.own(params, layer), x)
+            _, pull = jax.vjp(
+                lambda p, a, L=layer: L.forward(p, a)[0], layers.own(params, layer), x
+            )
             dp, rows[net[i - 1].name] = pull(manual[layer.name])
         rows.update({f"{layer.name}.{k}": g for k, g in dp.items()})
     return rows
@@ -64,6 +66,10 @@ def _jax_sources(cfg: ModelConfig, net: tuple[layers.Layer, ...] | None, params,
     return loss, sources
 
 
+# jitted: eagerly, each of the stack's ops would be dispatched (and compiled) one by one (9 s here)
+_grads_autodiff = jax.jit(wavenet.grads_autodiff, static_argnums=0)
+
+
 def gradient_sources(
     cfg: ModelConfig, case: Case, with_torch: bool, net: tuple[layers.Layer, ...] | None = None
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float], dict[str, tuple[int, ...]]]:
@@ -78,7 +84,7 @@ def gradient_sources(
         wide = {k: np.asarray(v, np.float64) for k, v in case.params.items()}
         with jax.enable_x64(True):
             cfg64 = ModelConfig(**{**cfg.__dict__, "dtype": "float64"})
-            truth = wavenet.grads_autodiff(cfg64, to_device(wide), case.Xb, case.Yb)
+            truth = _grads_autodiff(cfg64, to_device(wide), case.Xb, case.Yb)
             sources["truth"] = jax.tree.map(np.asarray, truth)
     if with_torch:
         import torch_ref

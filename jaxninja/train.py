@@ -304,16 +304,24 @@ def refuse_foreign_files(out_dir: str | os.PathLike, tc: TrainConfig, models: in
             )
 
 
+def refuse_backward(mc: ModelConfig) -> None:
+    """--backward is exercise 1's function: the MLP's backward, no other model's."""
+    if mc.model != "mlp":
+        raise UsageError(f"--backward trains the mlp on exercise 1, not the {mc.model}: drop it")
+
+
 def plan_run(mc, tc, data, vocab, out_dir, where: parallel.RunPlan, backward) -> Plan:
     check_batch_size(tc.batch_size, len(data[0]))
+    if data[0].shape[1] != mc.block_size:
+        raise UsageError(f"the data has block size {data[0].shape[1]}, the model {mc.block_size}")
     configs = tuple(replace(tc, seed=s) for s in seeds_of(tc, where.models))
     out_dir = Path(out_dir)
     dirs = run_dirs(out_dir, tc, where.models)
     mesh = where.mesh(tc.batch_size)
     if backward is not None and mesh is not None and len(configs) == 1:
         raise UsageError("--backward trains on one device: drop --devices")
-    if backward is not None and mc.model != "mlp":
-        raise UsageError("--backward is exercise 1, the MLP's backward: drop --model")
+    if backward is not None:
+        refuse_backward(mc)
     return Plan(
         mc, configs, dirs, out_dir, vocab, mesh, chunk_runner(mc, tc, len(configs), mesh, backward)
     )

@@ -420,11 +420,13 @@ def table_lines(report: Report, wide: bool = False) -> list[str]:
     columns = {w: (w,) for w in report.ways} if wide else THREE_WAYS
     f32 = report.dtype == "float32"
     width = 24 if wide else 18
-    head = f"{'tensor':14s} {'shape':11s}" + (f" {'f32 noise':>9s}" if f32 else "")
+    w_name = max([14, *(len(r["name"]) for r in report.rows)])  # a stack's `embedding.weight`
+    w_shape = max([11, *(len(_shape(r["shape"])) for r in report.rows)])
+    head = f"{'tensor':{w_name}s} {'shape':{w_shape}s}" + (f" {'f32 noise':>9s}" if f32 else "")
     header = (head + "".join(f" | {c:{width}s}" for c in columns)).rstrip()
     lines = [header, "-" * len(header)]
     for r in report.rows:
-        line = f"{r['name']:14s} {_shape(r['shape']):11s}"
+        line = f"{r['name']:{w_name}s} {_shape(r['shape']):{w_shape}s}"
         if f32:
             line += f" {r['noise']:9.1e}"
         for ways in columns.values():

@@ -184,4 +184,3 @@ def eval_fns(cfg: ModelConfig) -> tuple[Callable, dict[str, Callable]]:
         return lambda params, bn, X: layers.stack_infer(net, params, bn, X, until=name)
 
     return logits, {name: bn_input(name) for name in bn_shapes(cfg)}
-

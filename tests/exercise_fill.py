@@ -1,5 +1,6 @@
 """Fill an exercise file's blanks (`dX = ...  # TODO`) from the project's own solution: each
-blank gets the lines of the solution that end with the last assignment of its gradient."""
+blank gets the lines of the solution that end with the last assignment of its gradient.
+Exercise 5's solution (the learner's signatures are not layers.py's) is written out here."""
 
 from __future__ import annotations
 
@@ -41,3 +42,40 @@ def filled_ex1(folder: Path, exercise_text: str, only: tuple[str, ...] = GRAD_OR
     kept = {k: [f"    d{k} = ...  # TODO"] for k in GRAD_ORDER if k not in only}
     path.write_text(fill(exercise_text, {**blocks, **kept}))
     return path
+
+
+# Exercise 5's solution, blank by blank: each function's `...  # TODO` lines, in file order.
+EX5_SOLUTION = {
+    "flatten_consecutive_backward": {
+        "dx": [
+            "    if dout.ndim == 2:  # the forward squeezed T // n == 1: that axis comes back",
+            "        dout = dout[:, None, :]",
+            "    B, Tn, Cn = dout.shape",
+            "    dx = dout.reshape(B, Tn * n, Cn // n)",
+        ],
+    },
+    "batchnorm_backward": {
+        "dgamma": [
+            "    dim = tuple(range(dout.ndim - 1))  # every axis but the channels'",
+            "    n = dout.size // dout.shape[-1]  # the values a channel's statistics average",
+            "    dgamma = (dout * bnraw).sum(dim)",
+        ],
+        "dbeta": ["    dbeta = dout.sum(dim)"],
+        "dx": [
+            "    dx = gamma * bnvar_inv / n * (n * dout - dbeta - n / (n - 1) * bnraw * dgamma)"
+        ],
+    },
+}
+EX5_BLANK = re.compile(r"^(\s*)(\w+) = \.\.\.  # TODO$")
+
+
+def fill_ex5(text: str, only: tuple[str, ...] = tuple(EX5_SOLUTION)) -> str:
+    """ex5_wavenet.py with the blanks of the functions in `only` filled; the others left blank."""
+    out, function = [], None
+    for line in text.splitlines():
+        if line.startswith("def "):
+            function = line[4:].split("(")[0]
+        m = EX5_BLANK.match(line)
+        fill = m and function in only
+        out.extend(EX5_SOLUTION[function][m.group(2)] if fill else [line])
+    return "\n".join(out) + "\n"

@@ -1,7 +1,8 @@
-"""The walkthrough notebook, as a learner gets it from `jaxninja exercises`: it runs top to bottom
-beside the unfilled exercise files (nbclient, on this Python's kernel), and then, in the same
-live kernel, its cells are re-run after the exercise files are edited on disk, as a learner
-would: each re-run must grade (and train on) the code the file holds now."""
+"""The walkthrough notebooks, as a learner gets them from `jaxninja exercises`: each runs top to
+bottom beside the unfilled exercise files (nbclient, on this Python's kernel), and then, in the
+same live kernel, its cells are re-run after the exercise files are edited on disk, as a learner
+would: each re-run must grade (and train on) the code the file holds now. Part 4's notebook
+(exercises 1 to 4), then part 5's (exercise 5, the WaveNet)."""
 
 import re
 import time
@@ -11,7 +12,7 @@ import pytest
 from nbclient import NotebookClient
 
 from jaxninja.learn import write_exercises
-from tests.exercise_fill import fill, solution_blocks
+from tests.exercise_fill import fill, fill_ex5, solution_blocks
 
 EX2_RIGHT = "(jax.nn.softmax(logits, axis=1) - jax.nn.one_hot(Yb, V)) / n"
 
@@ -91,4 +92,44 @@ def test_walkthrough_runs_then_regrades_each_edit(tmp_path, names_path, monkeypa
         # the same run (initialisation, batches) on another derivation of the same gradients
         for a, b in zip(_last_loss_and_val(yours), _last_loss_and_val(fallback), strict=True):
             assert abs(a - b) < 0.02, (yours, fallback)
+        print(f"the re-runs took {time.perf_counter() - t0:.1f} s")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_wavenet_walkthrough_runs_then_regrades_and_trains_on_the_edit(
+    tmp_path, names_path, monkeypatch
+):
+    monkeypatch.setenv("JAXNINJA_DATA", str(names_path))
+    write_exercises(tmp_path)
+    nb = nbformat.read(tmp_path / "wavenet_walkthrough.ipynb", as_version=4)
+    grade_cell = _code_cell(nb, "print(jn.grade(ex5, exercise=5, name=spec).format())")
+    train_cell = _code_cell(nb, "def sgd_step(")
+    client = NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(tmp_path)}})
+    with client.setup_kernel():
+        t0 = time.perf_counter()
+        for i, cell in enumerate(nb.cells):
+            client.execute_cell(cell, i)
+        print(f"the WaveNet walkthrough ran in {time.perf_counter() - t0:.1f} s")
+        outputs = "".join(_text(c) for c in nb.cells if c.cell_type == "code")
+        assert outputs.count("approximate: True") == 26  # the stack's backward against jax.grad
+        assert "dx is dout.reshape(x.shape): True" in outputs
+        assert "NOT STARTED: 0 of 12 written" in _text(nb.cells[grade_cell])
+        fallback = _text(nb.cells[train_cell])
+        assert "ex5_wavenet.py is not complete and right yet (NOT STARTED" in fallback, fallback
+        assert "training on jaxninja's layers" in fallback and "300 steps in" in fallback
+
+        # the solution written into the file: the re-run grades it, and trains on it
+        t0 = time.perf_counter()
+        ex5 = tmp_path / "ex5_wavenet.py"
+        ex5.write_text(fill_ex5(ex5.read_text()))
+        client.execute_cell(nb.cells[grade_cell], grade_cell)
+        graded = _text(nb.cells[grade_cell])
+        assert "OK: 12 of 12 written, all right in 2 cases" in graded, graded
+        client.execute_cell(nb.cells[train_cell], train_cell)
+        yours = _text(nb.cells[train_cell])
+        assert "ex5_wavenet.py is complete and right (OK: 12 of 12 written" in yours, yours
+        assert "): training on your backward" in yours, yours
+        # the same run (initialisation, batches) on another derivation of the same gradients
+        for a, b in zip(_last_loss_and_val(yours), _last_loss_and_val(fallback), strict=True):
+            assert abs(a - b) < 0.01, (yours, fallback)
         print(f"the re-runs took {time.perf_counter() - t0:.1f} s")

@@ -1,8 +1,11 @@
-"""torch_ref: the notebook (makemore part 4) in PyTorch, the reference jaxninja is checked against.
+"""torch_ref: the lectures in PyTorch, the reference jaxninja is checked against: part 4's
+notebook (these names) and part 5's WaveNet on the lecture's layer classes (`torch_ref.wavenet`).
 
-Numpy in, numpy out, keyed by the notebook's names. Needs the `[torch]` extra.
+Numpy in, numpy out, keyed by the notebook's names (a stack's: by layer and parameter name).
+Needs the `[torch]` extra.
 """
 
+from torch_ref import wavenet
 from torch_ref.notebook import (
     autograd,
     calibrate_bn,
@@ -27,4 +30,5 @@ __all__ = [
     "split_loss",
     "step_manual",
     "train_loop",
+    "wavenet",
 ]
