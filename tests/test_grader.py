@@ -244,7 +244,7 @@ def test_check_candidate_cli(folder, capsys):
     assert main(args) == 1
     assert "shape error: bnmeani" in capsys.readouterr().out
     assert main(["check", "--exercise", "1"]) == 2
-    assert "--candidate PATH.py:FUNCTION and --exercise 1|2|3 go together" in (
+    assert "--candidate PATH.py:FUNCTION --exercise 1|2|3, or --candidate PATH.py --exercise 5" in (
         capsys.readouterr().err
     )
 
@@ -254,7 +254,7 @@ def test_exercises_cli_writes_then_keeps(tmp_path, capsys):
     out = capsys.readouterr().out
     assert all(command in out for command in GRADE_COMMANDS.values())
     written = sorted(p.name for p in (tmp_path / "new").iterdir())
-    assert written == sorted([*EXERCISE_FILES, "walkthrough.ipynb"])
+    assert written == sorted([*EXERCISE_FILES, "walkthrough.ipynb", "wavenet_walkthrough.ipynb"])
     for name in EXERCISE_FILES:  # shipped as package data; no solution in them
         text = (tmp_path / "new" / name).read_text()
         assert text == source(name).read_text() and "# TODO" in text
@@ -265,7 +265,7 @@ def test_exercises_cli_writes_then_keeps(tmp_path, capsys):
     assert main(["exercises", str(tmp_path / "new")]) == 0
     out = capsys.readouterr().out
     assert "wrote ex3_batchnorm.py into" in out
-    assert "kept ex1_backward.py, ex2_cross_entropy.py, walkthrough.ipynb" in out
+    assert "kept ex1_backward.py, ex2_cross_entropy.py, ex5_wavenet.py, walkthrough.ipynb" in out
     assert mine.read_text() == "my work"
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == written  # no temp files left
 

@@ -199,7 +199,7 @@ def test_seeds_cli_end_to_end(names_path, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "µs/model-step" in text and "mean ± std over 2 seeds: train" in text
     rows = [line.split()[0] for line in text.splitlines() if line.strip()[:1] in "567"]
-    assert rows == ["5", "6"]  # one row per seed
+    assert rows == ["5", "6"] * 2  # one row per seed: calibrated BatchNorm, then running
     assert main([*args, "--steps", "300", "--resume"]) == 0
     assert "resuming from" in capsys.readouterr().out
     assert checkpoint_step(out / "seed-6") == 300
