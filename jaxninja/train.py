@@ -483,13 +483,13 @@ def train(
             if at.step % tc.checkpoint_every == 0 and at.step < plan.steps:
                 save_all(plan, at)
                 (bar.write if progress else say)(_saved_line(plan, at, losses))
-    bar.close()
-    if at.step < plan.steps:  # stopped by a signal: save, say how to resume
-        save_all(plan, at)
+        bar.close()
+        # A signal from here on waits for the last checkpoint (the calibration takes seconds)
+        calibrated = None if at.step < plan.steps else _calibrate(plan, at, data[0])
+        final = save_all(plan, at, calibrated=calibrated)
         _plot_all(at.losses, plan.dirs)
+    if stop.signum is not None:  # stopped by a signal: saved; say how to resume, or that it ended
         raise Interrupted(_stopped(stop.signum, at.step, plan), stop.signum)
-    final = save_all(plan, at, calibrated=_calibrate(plan, at, data[0]))
-    _plot_all(at.losses, plan.dirs)
     paths = [d / checkpoint.filename(at.step) for d in plan.dirs]
     return TrainResult(final, paths, at.train_seconds, at.compile_seconds, at.step - first)
 
@@ -550,6 +550,12 @@ def _stopped(signum: int, step: int, plan: Plan) -> str:
     """The one line of a run stopped by a signal: where it saved, and how to resume."""
     how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     saved = plan.dirs[0] / checkpoint.filename(step)
+    if step == plan.steps:  # it came after the last chunk: the final checkpoint is written
+        where = saved if plan.models == 1 else f"{plan.out_dir}/seed-*/"
+        return (
+            f"{how} after the last step ({step}): the run is complete and saved in {where}; "
+            f"`jaxninja eval --checkpoint {plan.dirs[0]}` gives its split losses"
+        )
     if jax.process_count() > 1:
         who = "saved " if parallel.is_main_process() else "process 0 saved "
         return (

@@ -79,6 +79,29 @@ def test_ctrl_c_saves_and_resumes(splits, tmp_path, monkeypatch, whole):
     assert_same_run(whole.checkpoint, run(splits, tmp_path / "cut", resume=True).checkpoint)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_calibration_waits_for_the_final_checkpoint(
+    splits, tmp_path, monkeypatch, whole, signum
+):
+    """After the last chunk the run calibrates BatchNorm (seconds for the WaveNet): a signal
+    then is answered once the final checkpoint is written, not by losing the steps since the
+    last one."""
+    import jaxninja.train as train_mod
+
+    real = train_mod._calibrate
+
+    def signalled(*args):
+        os.kill(os.getpid(), signum)
+        return real(*args)
+
+    monkeypatch.setattr(train_mod, "_calibrate", signalled)
+    with pytest.raises(Interrupted, match=r"after the last step \(300\): the run is complete") as e:
+        run(splits, tmp_path / "late")
+    assert e.value.exit_code == 128 + signum
+    assert_same_run(whole.checkpoint, checkpoint.load(tmp_path / "late"))
+    assert checkpoint.load(tmp_path / "late").bn_calibrated is not None
+
+
 def test_ctrl_c_under_seeds_saves_every_seed(splits, tmp_path, monkeypatch):
     tc = replace(TC, steps=200)
     whole = run(splits, tmp_path / "whole", tc=tc, seeds=2)
