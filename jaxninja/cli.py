@@ -441,9 +441,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_and_report(args, path, words, vocab, model_cfg, train_cfg, resume) -> int:
-    from jaxninja import data, models, parallel
-    from jaxninja.sample import sample_names
-    from jaxninja.train import PLOT, train
+    from jaxninja import data, parallel
+    from jaxninja.train import reporting, train
 
     main = parallel.is_main_process()
     say = print if main else (lambda *_: None)
@@ -456,6 +455,16 @@ def _train_and_report(args, path, words, vocab, model_cfg, train_cfg, resume) ->
         devices=args.devices, resume=resume or False, progress=not args.no_progress and main,
         log=say, backward=backward,
     )  # fmt: skip
+    with reporting(result, args.out):
+        return _report(args, result, splits, vocab, say)
+
+
+def _report(args, result, splits, vocab, say) -> int:
+    """A finished run: its speed, then (process 0) its split losses and samples."""
+    from jaxninja import models, parallel
+    from jaxninja.sample import sample_names
+    from jaxninja.train import PLOT
+
     if result.steps_run:
         us = result.train_seconds / result.steps_run * 1e6
         per = f"{us / args.seeds:.1f} µs/model-step" if args.seeds > 1 else f"{us:.1f} µs/step"
@@ -463,7 +472,7 @@ def _train_and_report(args, path, words, vocab, model_cfg, train_cfg, resume) ->
             f"trained {result.steps_run} steps in {result.train_seconds:.1f} s ({per}; "
             f"compile {result.compile_seconds:.1f} s)"
         )
-    if not main:
+    if not parallel.is_main_process():
         return 0
     if args.seeds > 1:
         _print_seed_table(result.checkpoints, splits)
@@ -471,8 +480,8 @@ def _train_and_report(args, path, words, vocab, model_cfg, train_cfg, resume) ->
         return 0
     ckpt = result.checkpoint
     _print_split_losses(ckpt, splits)
-    print(f"  ({LECTURE[model_cfg.model]})")
-    names = sample_names(model_cfg, models.to_device(ckpt.params), ckpt.bn, vocab, n=10, seed=0)
+    print(f"  ({LECTURE[ckpt.model.model]})")
+    names = sample_names(ckpt.model, models.to_device(ckpt.params), ckpt.bn, vocab, n=10, seed=0)
     print("samples: " + ", ".join(names))
     print(f"checkpoint: {result.path}; loss plot: {Path(args.out) / PLOT}")
     return 0
@@ -552,7 +561,7 @@ def _checked_model(ckpt, wanted: str | None) -> None:
     if wanted not in (None, ckpt.model.model):
         raise UsageError(
             f"{ckpt.path} is a checkpoint of the {ckpt.model.model} model, not of {wanted}: "
-            f"drop --model, or give a {wanted} run's checkpoint"
+            f"drop --model, or give a checkpoint of the {wanted} model"
         )
 
 

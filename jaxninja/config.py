@@ -44,7 +44,7 @@ class ModelConfig:
             raise UsageError(
                 f"--block-size {self.block_size} does not reduce to 1 through the WaveNet's "
                 f"FlattenConsecutive({WAVENET_FLATTEN}) stages: give a power of {WAVENET_FLATTEN} "
-                "(2, 4, 8, 16, ...; the lecture's 8)"
+                "above 1 (2, 4, 8, 16, ...; the lecture's 8)"
             )
 
 

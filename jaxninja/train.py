@@ -18,8 +18,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache, partial, wraps
 from pathlib import Path
@@ -523,17 +523,14 @@ class _Stop:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._chunks = 0  # the preemption service's step: the same count in every process
-        self._previous: dict[int, Any] = {}
+        self._handlers = _handling(self._record)  # installed while the loop runs
 
     def __enter__(self) -> _Stop:
-        if threading.current_thread() is threading.main_thread():
-            mine = [signal.SIGINT] + ([signal.SIGTERM] if jax.process_count() == 1 else [])
-            self._previous = {s: signal.signal(s, self._record) for s in mine}
+        self._handlers.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
+        self._handlers.__exit__(None, None, None)  # the previous handlers back
 
     def _record(self, signum: int, frame: object) -> None:
         self.signum = signum
@@ -546,15 +543,54 @@ class _Stop:
         return self.signum is not None
 
 
+@contextmanager
+def _handling(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """Ctrl-C and SIGTERM to `handler` for a while, in one process (in a multi-process run,
+    SIGTERM belongs to JAX's preemption service); nothing off the main thread, which cannot."""
+    mine = [signal.SIGINT] + ([signal.SIGTERM] if jax.process_count() == 1 else [])
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, handler) for s in mine} if on_main else {}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _how(signum: int) -> str:
+    return "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+
+
+def _complete(signum: int, step: int, paths: list[Path], out_dir: str | os.PathLike) -> str:
+    """The one line of a signal that came once the final checkpoints were written."""
+    where = paths[0] if len(paths) == 1 else f"{out_dir}/seed-*/"
+    return (
+        f"{_how(signum)} after the last step ({step}): the run is complete and saved in {where}; "
+        f"`jaxninja eval --checkpoint {paths[0].parent}` gives its split losses"
+    )
+
+
+@contextmanager
+def reporting(result: TrainResult, out_dir: str | os.PathLike) -> Iterator[None]:
+    """While a finished run is reported (its split losses take seconds), Ctrl-C or SIGTERM end
+    the report with the line that says the run is complete, not with silence or a bare
+    'interrupted'."""
+
+    def handler(signum: int, frame: object) -> None:
+        step = result.checkpoints[0].step
+        raise Interrupted(_complete(signum, step, result.paths, out_dir), signum)
+
+    with _handling(handler):
+        yield
+
+
 def _stopped(signum: int, step: int, plan: Plan) -> str:
     """The one line of a run stopped by a signal: where it saved, and how to resume."""
-    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    how = _how(signum)
     saved = plan.dirs[0] / checkpoint.filename(step)
     if step == plan.steps:  # it came after the last chunk: the final checkpoint is written
-        where = saved if plan.models == 1 else f"{plan.out_dir}/seed-*/"
-        return (
-            f"{how} after the last step ({step}): the run is complete and saved in {where}; "
-            f"`jaxninja eval --checkpoint {plan.dirs[0]}` gives its split losses"
+        return _complete(
+            signum, step, [d / checkpoint.filename(step) for d in plan.dirs], plan.out_dir
         )
     if jax.process_count() > 1:
         who = "saved " if parallel.is_main_process() else "process 0 saved "

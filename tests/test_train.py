@@ -102,6 +102,24 @@ def test_a_signal_during_the_calibration_waits_for_the_final_checkpoint(
     assert checkpoint.load(tmp_path / "late").bn_calibrated is not None
 
 
+def test_a_signal_while_the_cli_reports_says_the_run_is_complete(
+    names_path, tmp_path, monkeypatch, capsys
+):
+    """After train() returns, the command line computes the split losses (seconds): SIGTERM
+    there, whose default ends the process silently, says the run is complete instead."""
+    import jaxninja.cli as cli
+
+    monkeypatch.setattr(cli, "_print_split_losses", lambda *a: os.kill(os.getpid(), signal.SIGTERM))
+    out = tmp_path / "reported"
+    argv = ["train", "--data", str(names_path), "--out", str(out), "--steps", "300", *TC_FLAGS]
+    assert main([*argv, "--no-progress"]) == 143
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("jaxninja: stopped by SIGTERM after the last step (300): the run is")
+    assert line.endswith(f"`jaxninja eval --checkpoint {out}` gives its split losses"), line
+    assert checkpoint.load(out).step == 300
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handed back
+
+
 def test_ctrl_c_under_seeds_saves_every_seed(splits, tmp_path, monkeypatch):
     tc = replace(TC, steps=200)
     whole = run(splits, tmp_path / "whole", tc=tc, seeds=2)
