@@ -113,4 +113,4 @@ def run_check(
     order = wavenet.grad_order(cfg)
     rows_of = {s: order for s in ("manual", "jax.grad", "layer vjp", "torch autograd")}
     rows = verify.compare(sources, shapes, cfg.dtype, WAYS, order, rows_of)
-    return verify.make_report(cfg.dtype, batch_size, seed, WAYS, rows, losses)
+    return verify.make_report(cfg.dtype, batch_size, seed, WAYS, rows, losses, cfg.model)

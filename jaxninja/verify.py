@@ -115,6 +115,7 @@ class Report(NamedTuple):
     loss_ok: bool
     skipped: list[str]  # ways not run, with the reason in `skip_reason`
     skip_reason: str | None
+    model: str = "mlp"  # whose backward: config.MODELS
 
     @property
     def ok(self) -> bool:
@@ -376,6 +377,7 @@ def make_report(
     ways: dict[str, tuple[str, str]],
     rows: list[dict[str, Any]],
     losses: dict[str, float],
+    model: str = "mlp",
 ) -> Report:
     """The report of compared rows: the losses checked, the ways PyTorch's absence skipped."""
     with_torch = "torch" in losses
@@ -386,7 +388,7 @@ def make_report(
     ref = next(iter(losses.values()))  # the first forward's: the others must agree with it
     loss_bound = (1e-12 if dtype == "float64" else 1e-6) * max(1.0, abs(ref))
     loss_ok = all(abs(v - ref) <= loss_bound for v in losses.values())
-    return Report(dtype, batch_size, seed, ways, rows, losses, loss_ok, skipped, reason)
+    return Report(dtype, batch_size, seed, ways, rows, losses, loss_ok, skipped, reason, model)
 
 
 # --- the table --------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_check_json(names_path, capsys):
     args = ["check", "--data", str(names_path), "--dtype", "float64", "--json", "--seed", "3"]
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["ok"] is True and report["dtype"] == "float64"
+    assert report["ok"] is True and report["dtype"] == "float64" and report["model"] == "mlp"
     assert len(report["rows"]) == 26
     row = report["rows"][0]
     assert row["name"] == "logprobs" and row["shape"] == [32, 27]

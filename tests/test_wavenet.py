@@ -1,6 +1,7 @@
 """Part 5: the WaveNet's layers and stack, its check, its training through the one loop, and
 the refusals that keep the two models apart."""
 
+import json
 from dataclasses import replace
 
 import jax
@@ -103,6 +104,10 @@ def test_check_passes_at_the_lecture_sizes(names_path, capsys, dtype):
     out = capsys.readouterr().out
     assert out.splitlines()[2].startswith("linear4 ") and "embedding.weight" in out
     assert out.splitlines()[-1].startswith("OK: 26 tensors") and dtype in out.splitlines()[-1]
+    args = ["check", "--model", "wavenet", "--data", str(names_path), "--dtype", dtype, "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["model"] == "wavenet" and len(report["rows"]) == 26
 
 
 def _bn_backward_over_axis0(dout, cache):
