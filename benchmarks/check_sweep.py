@@ -21,10 +21,10 @@ from collections import defaultdict
 import jax
 import numpy as np
 
-from jaxninja import verify
+from jaxninja.check import verify
 from jaxninja.config import ModelConfig
 from jaxninja.data import load_splits, resolve_data_path
-from jaxninja.model import make_case
+from jaxninja.models.mlp import make_case
 
 CANDIDATES = ("manual", "fused", "torch manual")
 

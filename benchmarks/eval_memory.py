@@ -26,10 +26,10 @@ def child(way: str, words_file: str) -> None:
     import jax
     import jax.numpy as jnp
 
-    from jaxninja import layers
     from jaxninja.config import ModelConfig
     from jaxninja.data import SPLITS, load_splits
-    from jaxninja.model import BNStats, calibrate_bn, init_params, split_loss, to_device
+    from jaxninja.models import layers
+    from jaxninja.models.mlp import BNStats, calibrate_bn, init_params, split_loss, to_device
 
     splits = load_splits(words_file, 3)
     cfg = ModelConfig(vocab_size=splits.vocab.size, n_hidden=200)
@@ -43,7 +43,7 @@ def child(way: str, words_file: str) -> None:
 
     @jax.jit
     def all_at_once_loss(p, bn, X, Y):
-        from jaxninja.model import logits_eval
+        from jaxninja.models.mlp import logits_eval
 
         return layers.cross_entropy_forward(logits_eval(p, bn, X), Y)[0]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jaxninja.learn import GRADE_COMMANDS, write_exercises  # noqa: E402
+from jaxninja.learn.files import GRADE_COMMANDS, write_exercises  # noqa: E402
 from tests.exercise_fill import filled_ex1  # noqa: E402
 
 BASELINE = "e286e35"  # the last commit before the grader kept its references

@@ -41,14 +41,14 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
 
-    from jaxninja import parallel
+    from jaxninja.training import parallel
 
     parallel.start(cpu_devices=parallel.cpu_cores())  # before JAX starts: one device per core
     import jax
 
     from jaxninja.config import ModelConfig, TrainConfig
     from jaxninja.data import load_splits, resolve_data_path
-    from jaxninja.train import train
+    from jaxninja.training.loop import train
 
     splits = load_splits(resolve_data_path(args.data), 3)
     data, vocab = splits.data["train"], splits.vocab

@@ -74,7 +74,7 @@ def time_jaxninja(mc, tc, X, Y, steps: int, repeats: int) -> float:
     import jax
     import jax.numpy as jnp
 
-    from jaxninja.train import chunk_runner, init_state
+    from jaxninja.training.loop import chunk_runner, init_state
 
     state = init_state(mc, tc)  # the same initial parameters as the PyTorch loops get
     Xd, Yd = jnp.asarray(X), jnp.asarray(Y)
@@ -119,7 +119,7 @@ def wavenet_rows(args, X, Y, vocab_size: int) -> tuple[dict, object, object]:
 
     import torch_ref
     from jaxninja.config import model_config, training_config
-    from jaxninja.wavenet import init_params
+    from jaxninja.models.wavenet import init_params
 
     mc = model_config("wavenet", "train", vocab_size=vocab_size)
     tc = training_config("wavenet")
@@ -160,7 +160,7 @@ def mlp_rows(args, X, Y, vocab_size: int) -> tuple[dict, object, object]:
 
     import torch_ref
     from jaxninja.config import ModelConfig, TrainConfig
-    from jaxninja.model import init_params
+    from jaxninja.models.mlp import init_params
 
     mc, tc = ModelConfig(vocab_size=vocab_size, n_hidden=200), TrainConfig()
     params = init_params(mc, tc.seed)
@@ -191,7 +191,7 @@ def mlp_rows(args, X, Y, vocab_size: int) -> tuple[dict, object, object]:
 
 def time_full_run(mc, tc, X, Y, vocab, results: dict) -> None:
     """jaxninja's whole run (tc.steps), compilation excluded and reported."""
-    from jaxninja.train import train
+    from jaxninja.training.loop import train
 
     with tempfile.TemporaryDirectory() as out:
         r = train(mc, tc, (X, Y), vocab, out, progress=False, log=lambda s: None)

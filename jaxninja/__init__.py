@@ -4,9 +4,8 @@ A character-level MLP whose backward pass is written by hand, at the notebook's 
 (atomic, fused cross-entropy, fused BatchNorm), jitted, and checked against jax.grad and PyTorch.
 """
 
-from jaxninja.autodiff import grads_autodiff
-from jaxninja.backward import backward_atomic, backward_fused, loss, loss_and_grads
-from jaxninja.config import ModelConfig
+from jaxninja.check.verify import Report, run_check
+from jaxninja.config import VERSION, ModelConfig
 from jaxninja.data import (
     Vocab,
     build_dataset,
@@ -17,8 +16,8 @@ from jaxninja.data import (
     split_words,
 )
 from jaxninja.errors import UsageError
-from jaxninja.grader import Grade, grade, load_function, load_module
-from jaxninja.model import (
+from jaxninja.learn.grader import Grade, grade, load_function, load_module
+from jaxninja.models.mlp import (
     GRAD_ORDER,
     INTERMEDIATES,
     PARAMS,
@@ -30,7 +29,8 @@ from jaxninja.model import (
     make_case,
     to_device,
 )
-from jaxninja.verify import Report, run_check
+from jaxninja.models.mlp_autodiff import grads_autodiff
+from jaxninja.models.mlp_backward import backward_atomic, backward_fused, loss, loss_and_grads
 
 __all__ = [
     "GRAD_ORDER",
@@ -64,4 +64,4 @@ __all__ = [
     "split_words",
     "to_device",
 ]
-__version__ = "0.1.0"
+__version__ = VERSION

@@ -326,7 +326,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from jaxninja import data, stack_check, verify
+    from jaxninja import data
+    from jaxninja.check import stack, verify
     from jaxninja.config import check_batch_size
 
     if args.candidate or args.exercise:
@@ -338,7 +339,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     path = data.resolve_data_path(args.data)
     splits = data.load_splits(path, cfg.block_size)
     cfg = replace(cfg, vocab_size=splits.vocab.size)
-    check = verify.run_check if cfg.model == "mlp" else stack_check.run_check
+    check = verify.run_check if cfg.model == "mlp" else stack.run_check
     report = check(cfg, *splits.data["train"], batch_size=args.batch_size, seed=args.seed)
     print(report.to_json() if args.json else verify.format_table(report, wide=args.wide))
     return 0 if report.ok else 1
@@ -346,7 +347,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _grade(args: argparse.Namespace) -> int:
     """check --candidate: the same table, JSON and exit code, for the learner's function."""
-    from jaxninja.grader import grade, load_function, load_module
+    from jaxninja.learn.grader import grade, load_function, load_module
 
     if not (args.candidate and args.exercise):
         raise UsageError(
@@ -371,7 +372,7 @@ def _grade(args: argparse.Namespace) -> int:
 
 def _cluster(args: argparse.Namespace):
     """The multi-process flags (or their environment variables) as a ClusterConfig, or None."""
-    from jaxninja.parallel import ClusterConfig
+    from jaxninja.training.parallel import ClusterConfig
 
     given = (args.coordinator, args.num_processes, args.process_id)
     if all(x is None for x in given):
@@ -389,7 +390,7 @@ def _cluster(args: argparse.Namespace):
 
 def _run_plan(args: argparse.Namespace):
     """The flags' device and process plan (parallel.RunPlan, which decides)."""
-    from jaxninja.parallel import RunPlan
+    from jaxninja.training.parallel import RunPlan
 
     return RunPlan(args.seeds, args.devices, _cluster(args))
 
@@ -421,8 +422,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """What can fail in one process alone is checked before the processes join, so one bad
     process never leaves the others waiting: the data, the configs (a --resume checkpoint read
     whole), and, in the process that writes, the run directory's lock."""
-    from jaxninja import checkpoint, data, models
-    from jaxninja.train import refuse_backward, refuse_foreign_files
+    from jaxninja import data
+    from jaxninja.models import registry
+    from jaxninja.training import checkpoint
+    from jaxninja.training.loop import refuse_backward, refuse_foreign_files
 
     path = data.resolve_data_path(args.data)
     words = data.read_words(path)
@@ -430,7 +433,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     chosen = None if args.resume is True else args.resume
     resume = checkpoint.load_run(args.out, args.seeds, chosen) if args.resume else None
     model_cfg, train_cfg = _train_configs(args, vocab.size, resume)
-    models.of(model_cfg).check_fits(model_cfg)
+    registry.of(model_cfg).check_fits(model_cfg)
     if args.backward:
         refuse_backward(model_cfg)
     refuse_foreign_files(args.out, train_cfg, args.seeds)
@@ -441,8 +444,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_and_report(args, path, words, vocab, model_cfg, train_cfg, resume) -> int:
-    from jaxninja import data, parallel
-    from jaxninja.train import reporting, train
+    from jaxninja import data
+    from jaxninja.training import parallel
+    from jaxninja.training.loop import reporting, train
 
     main = parallel.is_main_process()
     say = print if main else (lambda *_: None)
@@ -461,9 +465,10 @@ def _train_and_report(args, path, words, vocab, model_cfg, train_cfg, resume) ->
 
 def _report(args, result, splits, vocab, say) -> int:
     """A finished run: its speed, then (process 0) its split losses and samples."""
-    from jaxninja import models, parallel
-    from jaxninja.sample import sample_names
-    from jaxninja.train import PLOT
+    from jaxninja.models import registry
+    from jaxninja.training import parallel
+    from jaxninja.training.loop import PLOT
+    from jaxninja.training.sample import sample_names
 
     if result.steps_run:
         us = result.train_seconds / result.steps_run * 1e6
@@ -481,7 +486,7 @@ def _report(args, result, splits, vocab, say) -> int:
     ckpt = result.checkpoint
     _print_split_losses(ckpt, splits)
     print(f"  ({LECTURE[ckpt.model.model]})")
-    names = sample_names(ckpt.model, models.to_device(ckpt.params), ckpt.bn, vocab, n=10, seed=0)
+    names = sample_names(ckpt.model, registry.to_device(ckpt.params), ckpt.bn, vocab, n=10, seed=0)
     print("samples: " + ", ".join(names))
     print(f"checkpoint: {result.path}; loss plot: {Path(args.out) / PLOT}")
     return 0
@@ -490,8 +495,8 @@ def _report(args, result, splits, vocab, say) -> int:
 def _graded_backward(spec: str, model_cfg, data_path: Path):
     """train --backward: the learner's exercise-1 function, graded at the run's sizes first;
     refused if any gradient is wrong or a parameter's is not written."""
-    from jaxninja.grader import grade, load_function
-    from jaxninja.model import PARAMS
+    from jaxninja.learn.grader import grade, load_function
+    from jaxninja.models.mlp import PARAMS
 
     fn, name = load_function(spec)
     result = grade(
@@ -512,11 +517,11 @@ def _graded_backward(spec: str, model_cfg, data_path: Path):
 
 def _split_losses(ckpt, splits, bn) -> list[float]:
     """The checkpoint's loss on each split, BatchNorm on the statistics `bn`."""
-    from jaxninja import models
     from jaxninja.data import SPLITS
+    from jaxninja.models import registry
 
-    params = models.to_device(ckpt.params)
-    return [models.split_loss(ckpt.model, params, bn, *splits.data[s]) for s in SPLITS]
+    params = registry.to_device(ckpt.params)
+    return [registry.split_loss(ckpt.model, params, bn, *splits.data[s]) for s in SPLITS]
 
 
 def _stats_of(ckpt) -> list[tuple[str, object]]:
@@ -566,7 +571,8 @@ def _checked_model(ckpt, wanted: str | None) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from jaxninja import checkpoint, data
+    from jaxninja import data
+    from jaxninja.training import checkpoint
 
     ckpt = checkpoint.load(args.checkpoint)
     _checked_model(ckpt, args.model)
@@ -579,13 +585,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from jaxninja import checkpoint, models
-    from jaxninja.sample import sample_names
+    from jaxninja.models import registry
+    from jaxninja.training import checkpoint
+    from jaxninja.training.sample import sample_names
 
     ckpt = checkpoint.load(args.checkpoint)
     _checked_model(ckpt, args.model)
     names = sample_names(
-        ckpt.model, models.to_device(ckpt.params), ckpt.bn, ckpt.vocab,
+        ckpt.model, registry.to_device(ckpt.params), ckpt.bn, ckpt.vocab,
         n=args.n, seed=args.seed, temperature=args.temperature,
     )  # fmt: skip
     print("\n".join(names))
@@ -593,7 +600,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_exercises(args: argparse.Namespace) -> int:
-    from jaxninja.learn import GRADE_COMMANDS, write_exercises
+    from jaxninja.learn.files import GRADE_COMMANDS, write_exercises
 
     written, kept = write_exercises(args.folder)
     if written:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxninja.config import EVAL_CHUNK
 from jaxninja.errors import UsageError
 
 
@@ -46,7 +47,6 @@ def check_model(cfg: Any, n_params: int, floats_per_example: int) -> None:
     """Refuse a model too large for this machine, before a byte of it is allocated: its
     parameters' copies, and an evaluation chunk's activations (`floats_per_example` for each of
     EVAL_CHUNK examples, a few arrays of each)."""
-    from jaxninja.evaluate import EVAL_CHUNK
 
     activations = EVAL_CHUNK * floats_per_example * np.dtype(cfg.dtype).itemsize * 4
     require(

@@ -8,8 +8,8 @@ import inspect
 import re
 from pathlib import Path
 
-from jaxninja.backward import backward_atomic
-from jaxninja.model import GRAD_ORDER
+from jaxninja.models.mlp import GRAD_ORDER
+from jaxninja.models.mlp_backward import backward_atomic
 
 BLANK = re.compile(r"^(\s*)d(\w+) = \.\.\.  # TODO$")
 

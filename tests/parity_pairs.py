@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jaxninja import layers
 from jaxninja import parity as P
-from jaxninja.backward import loss as model_loss
 from jaxninja.config import ModelConfig
-from jaxninja.model import init_params
+from jaxninja.models import layers
+from jaxninja.models.mlp import init_params
+from jaxninja.models.mlp_backward import loss as model_loss
 from jaxninja.parity import tap
 from torch_ref.notebook import _forward as notebook_forward
 

@@ -11,11 +11,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxninja.backward import backward_atomic, loss, loss_and_grads
-from jaxninja.config import ModelConfig
-from jaxninja.data import build_dataset
-from jaxninja.model import PARAMS, Case, forward_chunked, forward_loss, make_case, to_device
-from jaxninja.verify import (
+from jaxninja.check.verify import (
     WAYS,
     check_context,
     compare,
@@ -23,6 +19,10 @@ from jaxninja.verify import (
     run_check,
     torch_available,
 )
+from jaxninja.config import ModelConfig
+from jaxninja.data import build_dataset
+from jaxninja.models.mlp import PARAMS, Case, forward_chunked, forward_loss, make_case, to_device
+from jaxninja.models.mlp_backward import backward_atomic, loss, loss_and_grads
 
 HAS_TORCH = torch_available()
 # jitted, as training runs them (eager, each of their ops would compile on its own)

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from jaxninja.check.verify import THREE_WAYS, WAYS
 from jaxninja.cli import main
-from jaxninja.verify import THREE_WAYS, WAYS
 
 
 def test_data_show(names_path, capsys):
@@ -56,7 +56,7 @@ def test_check_json(names_path, capsys):
 
 
 def test_check_without_torch(names_path, capsys, monkeypatch):
-    monkeypatch.setattr("jaxninja.verify.torch_available", lambda: False)
+    monkeypatch.setattr("jaxninja.check.verify.torch_available", lambda: False)
     assert main(["check", "--data", str(names_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and "torch" in report["skipped"] and "torch" not in report["losses"]

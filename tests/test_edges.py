@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from jaxninja import checkpoint
 from jaxninja.cli import main
 from jaxninja.errors import UsageError
-from jaxninja.train import PLOT, train
+from jaxninja.training import checkpoint
+from jaxninja.training.loop import PLOT, train
 from tests.runs import MC, TC, TC_FLAGS
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from jaxninja import grade, grader_wavenet, load_module
+from jaxninja import grade, load_module
 from jaxninja.cli import main
 from jaxninja.errors import UsageError
-from jaxninja.learn import GRADE_COMMANDS, source
+from jaxninja.learn import grader_wavenet
+from jaxninja.learn.files import GRADE_COMMANDS, source
 from tests.exercise_fill import fill_ex5
 
 MINE = (  # the rows the two functions write, in the backward's order

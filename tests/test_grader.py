@@ -17,8 +17,8 @@ import pytest
 from jaxninja import grade, load_function
 from jaxninja.cli import main
 from jaxninja.errors import UsageError
-from jaxninja.learn import EXERCISE_FILES, GRADE_COMMANDS, source, write_exercises
-from jaxninja.model import GRAD_ORDER
+from jaxninja.learn.files import EXERCISE_FILES, GRADE_COMMANDS, source, write_exercises
+from jaxninja.models.mlp import GRAD_ORDER
 from tests.exercise_fill import filled_ex1, solution_blocks
 
 
@@ -275,8 +275,8 @@ def test_exercises_cli_writes_then_keeps(tmp_path, capsys):
 
 def test_training_on_the_solution_copied_follows_the_built_in_run(folder, splits, tmp_path):
     from jaxninja.config import ModelConfig, TrainConfig
-    from jaxninja.model import split_loss, to_device
-    from jaxninja.train import train
+    from jaxninja.models.mlp import split_loss, to_device
+    from jaxninja.training.loop import train
 
     mc = ModelConfig(vocab_size=27, n_hidden=64)
     tc = TrainConfig(steps=300, chunk_steps=100, checkpoint_every=300, lr_decay_step=150)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxninja import layers
+from jaxninja.models import layers
 
 RTOL = 1e-12  # float64: only the order of summation separates the two
 

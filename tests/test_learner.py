@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxninja import grade, load_function, references
+from jaxninja import grade, load_function
 from jaxninja.cli import main
-from jaxninja.learn import write_exercises
+from jaxninja.learn import references
+from jaxninja.learn.files import write_exercises
 from tests.exercise_fill import filled_ex1
 
 RIGHT_EX2 = """\

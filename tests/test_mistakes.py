@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxninja import layers
-from jaxninja.backward import backward_atomic
+from jaxninja.check.verify import format_table, run_check
 from jaxninja.config import ModelConfig
-from jaxninja.model import make_case
-from jaxninja.verify import format_table, run_check
+from jaxninja.models import layers
+from jaxninja.models.mlp import make_case
+from jaxninja.models.mlp_backward import backward_atomic
 from tests.mutate import mutate
 
 

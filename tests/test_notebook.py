@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from jaxninja.learn import write_exercises
+from jaxninja.learn.files import write_exercises
 from tests.exercise_fill import fill, fill_ex5, solution_blocks
 
 EX2_RIGHT = "(jax.nn.softmax(logits, axis=1) - jax.nn.one_hot(Yb, V)) / n"

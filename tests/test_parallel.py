@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxninja import parallel
-from jaxninja.backward import backward_fused
 from jaxninja.cli import main
 from jaxninja.config import TrainConfig
 from jaxninja.errors import UsageError
-from jaxninja.model import PARAMS, forward, make_case, to_device
-from jaxninja.parallel import DATA, ClusterConfig
-from jaxninja.train import train
+from jaxninja.models.mlp import PARAMS, forward, make_case, to_device
+from jaxninja.models.mlp_backward import backward_fused
+from jaxninja.training import parallel
+from jaxninja.training.loop import train
+from jaxninja.training.parallel import DATA, ClusterConfig
 from tests import runs
 from tests.runs import MC, TC_FLAGS
 
@@ -214,6 +214,6 @@ def test_seeds_cli_end_to_end(names_path, tmp_path, capsys):
 
 
 def checkpoint_step(run_dir) -> int:
-    from jaxninja import checkpoint
+    from jaxninja.training import checkpoint
 
     return checkpoint.load(run_dir).step

@@ -13,9 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from jaxninja import layers  # noqa: E402
 from jaxninja import parity as P  # noqa: E402
 from jaxninja.errors import UsageError  # noqa: E402
+from jaxninja.models import layers  # noqa: E402
 from jaxninja.parity.verdict import PASSING  # noqa: E402
 from tests import parity_pairs as PP  # noqa: E402
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxninja import checkpoint
 from jaxninja.cli import main
-from jaxninja.model import PARAMS
-from jaxninja.train import train
+from jaxninja.models.mlp import PARAMS
+from jaxninja.training import checkpoint
+from jaxninja.training.loop import train
 from tests import runs
 from tests.runs import MC, TC_FLAGS
 from tests.test_parallel import free_port

@@ -6,7 +6,7 @@ import pytest
 torch_ref = pytest.importorskip("torch_ref")
 
 from jaxninja.config import ModelConfig  # noqa: E402
-from jaxninja.model import GRAD_ORDER, make_case  # noqa: E402
+from jaxninja.models.mlp import GRAD_ORDER, make_case  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

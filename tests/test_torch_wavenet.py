@@ -10,11 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 torch_ref = pytest.importorskip("torch_ref")
 
-from jaxninja import checkpoint, models, wavenet  # noqa: E402
 from jaxninja.config import model_config, training_config  # noqa: E402
 from jaxninja.data import load_splits  # noqa: E402
-from jaxninja.model import make_case, to_device  # noqa: E402
-from jaxninja.train import batch_indices, train  # noqa: E402
+from jaxninja.models import registry, wavenet  # noqa: E402
+from jaxninja.models.mlp import make_case, to_device  # noqa: E402
+from jaxninja.training import checkpoint  # noqa: E402
+from jaxninja.training.loop import batch_indices, train  # noqa: E402
 
 STEPS = 5000
 
@@ -84,7 +85,7 @@ def test_checkpoint_in_torch_ref_gives_the_same_split_losses(run, splits8):
     for name, bn in (("running", running), ("calibrated", _stats(ckpt.bn_calibrated))):
         ours_bn = ckpt.bn_running if name == "running" else ckpt.bn_calibrated
         for s in ("val", "test"):
-            ours = models.split_loss(mc, to_device(ckpt.params), ours_bn, *splits8.data[s])
+            ours = registry.split_loss(mc, to_device(ckpt.params), ours_bn, *splits8.data[s])
             theirs = torch_ref.wavenet.split_loss(params, bn, *splits8.data[s], eps=mc.eps)
             assert abs(ours - theirs) < 1e-5, (name, s, ours, theirs)
 
@@ -93,7 +94,7 @@ def test_calibration_matches_the_lecture_layers(run, splits8):
     """jaxninja's streamed calibration against each BatchNorm1d's statistics over the split."""
     mc, _, result = run
     X = splits8.data["val"][0]
-    ours = models.calibrate(mc, to_device(result.checkpoint.params), X)
+    ours = registry.calibrate(mc, to_device(result.checkpoint.params), X)
     theirs = torch_ref.wavenet.calibrate_bn(result.checkpoint.params, X, eps=mc.eps)
     assert list(theirs) == list(ours)
     for name, (mean, var) in theirs.items():
@@ -122,6 +123,6 @@ def test_replay_parity_with_the_lecture_loop(run, splits8):
     for k, (mean, var) in running.items():
         assert np.allclose(mean, ours.bn_running[k].mean, rtol=1e-4, atol=1e-5), k
         assert np.allclose(var, ours.bn_running[k].var, rtol=1e-4, atol=1e-5), k
-    a = models.split_loss(mc, to_device(ours.params), ours.bn_running, *splits8.data["val"])
+    a = registry.split_loss(mc, to_device(ours.params), ours.bn_running, *splits8.data["val"])
     b = torch_ref.wavenet.split_loss(params, running, *splits8.data["val"], eps=mc.eps)
     assert abs(a - b) <= 1e-5, (a, b)

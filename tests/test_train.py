@@ -7,13 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from jaxninja import checkpoint
+from jaxninja.check.verify import torch_available
 from jaxninja.cli import main
 from jaxninja.config import ModelConfig, TrainConfig
 from jaxninja.errors import Interrupted, UsageError
-from jaxninja.model import init_params, split_loss, to_device
-from jaxninja.train import batch_indices, make_optimizer, train
-from jaxninja.verify import torch_available
+from jaxninja.models.mlp import init_params, split_loss, to_device
+from jaxninja.training import checkpoint
+from jaxninja.training.loop import batch_indices, make_optimizer, train
 from tests.runs import MC, TC, TC_FLAGS
 
 
@@ -50,7 +50,7 @@ def test_resume_is_bit_identical(splits, tmp_path, whole):
 
 def interrupt_on_chunk(monkeypatch, k: int) -> None:
     """A real Ctrl-C (SIGINT to this process) once the loop has run k chunks."""
-    import jaxninja.train as train_mod
+    import jaxninja.training.loop as train_mod
 
     real = train_mod._progress
 
@@ -86,7 +86,7 @@ def test_a_signal_during_the_calibration_waits_for_the_final_checkpoint(
     """After the last chunk the run calibrates BatchNorm (seconds for the WaveNet): a signal
     then is answered once the final checkpoint is written, not by losing the steps since the
     last one."""
-    import jaxninja.train as train_mod
+    import jaxninja.training.loop as train_mod
 
     real = train_mod._calibrate
 
@@ -346,8 +346,8 @@ def test_replay_parity_with_the_notebook_loop(splits, tmp_path):
 @pytest.mark.parametrize("chunk", [None, 1000])  # one chunk and a padded last; 183 chunks
 def test_streamed_evaluation_is_the_all_at_once_one(trained, splits, monkeypatch, chunk):
     """Calibration and split losses over chunks equal the whole split at once, in float64."""
-    import jaxninja.evaluate as evaluate
-    import jaxninja.model as model
+    import jaxninja.models.evaluate as evaluate
+    import jaxninja.models.mlp as model
 
     if chunk:
         monkeypatch.setattr(evaluate, "EVAL_CHUNK", chunk)

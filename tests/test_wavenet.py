@@ -9,12 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxninja import checkpoint, layers, parity, stack_check, wavenet
+from jaxninja import parity
+from jaxninja.check import stack
 from jaxninja.cli import main
 from jaxninja.config import model_config, training_config
 from jaxninja.data import load_splits
 from jaxninja.errors import UsageError
-from jaxninja.train import train
+from jaxninja.models import layers, wavenet
+from jaxninja.training import checkpoint
+from jaxninja.training.loop import train
 
 # the lecture's model at small sizes: every layer kind, two stages, quick to compile
 SMALL = model_config("wavenet", vocab_size=27, block_size=4, n_embd=5, n_hidden=7, dtype="float64")
@@ -126,7 +129,7 @@ def _bn_backward_over_axis0(dout, cache):
 def test_check_names_where_the_axis0_batchnorm_mistake_enters(splits8, dtype):
     cfg = replace(model_config("wavenet", vocab_size=27), dtype=dtype)
     net = wavenet.with_backwards(wavenet.stack(cfg), bn=_bn_backward_over_axis0)
-    report = stack_check.run_check(cfg, *splits8.data["train"], with_torch=False, net=net)
+    report = stack.run_check(cfg, *splits8.data["train"], with_torch=False, net=net)
     first = report.first_failure()
     # bn3 sees (B, C), where axis 0 is right; bn2 sees (B, 2, C): its input's gradient is wrong
     assert not report.ok and first["name"] == "linear2", first

@@ -270,7 +270,7 @@ def split_loss(params, bnmean, bnvar, X, Y, eps: float = EPS) -> float:
 def load_checkpoint(path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """A jaxninja checkpoint's parameters and inference BatchNorm statistics (calibrated where
     it has them, else running), ready for `split_loss`."""
-    from jaxninja import checkpoint
+    from jaxninja.training import checkpoint
 
     ckpt = checkpoint.load(path)
     return ckpt.params, *ckpt.bn["bn"]

@@ -300,7 +300,7 @@ def calibrate_bn(
 def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """A jaxninja WaveNet checkpoint's parameters and running BatchNorm statistics, ready for
     `split_loss` (its calibrated ones, where it has them, are `checkpoint.load(path)`'s)."""
-    from jaxninja import checkpoint
+    from jaxninja.training import checkpoint
 
     ckpt = checkpoint.load(path)
     if ckpt.model.model != "wavenet":

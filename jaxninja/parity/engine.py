@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from jaxninja.check.verify import torch_available
 from jaxninja.errors import UsageError
 from jaxninja.parity.report import Report
 from jaxninja.parity.sides import jax_side, torch_side
 from jaxninja.parity.specs import DTYPES, cotangent, draw, flatten_inputs, is_float, perturb
 from jaxninja.parity.verdict import scale, way_rows
-from jaxninja.verify import torch_available
 
 
 def _perturbed_cotangent(seed: int, i: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:

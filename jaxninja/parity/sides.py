@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxninja.check.verify import check_context
 from jaxninja.errors import UsageError
 from jaxninja.parity.specs import is_float
 from jaxninja.parity.taps import JaxTaps, TorchTaps, recording
-from jaxninja.verify import check_context
 
 _TRACER_ERRORS = (
     jax.errors.ConcretizationTypeError,

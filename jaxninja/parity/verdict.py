@@ -19,7 +19,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxninja import verify
+from jaxninja.check import verify
 from jaxninja.parity.sides import Key, Run
 from jaxninja.parity.specs import is_float
 

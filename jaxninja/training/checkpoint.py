@@ -22,12 +22,12 @@ import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError, safe_open
 
-from jaxninja import models
 from jaxninja.config import ModelConfig, TrainConfig
 from jaxninja.data import Vocab
 from jaxninja.errors import UsageError
 from jaxninja.fileio import atomic_path
-from jaxninja.layers import BNStats
+from jaxninja.models import registry
+from jaxninja.models.layers import BNStats
 
 FORMAT = "jaxninja-checkpoint-1"
 NAME = re.compile(r"ckpt-(\d+)\.safetensors")
@@ -69,7 +69,7 @@ def save(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     path = Path(path)
     tensors = {
         f"params/{k}": np.asarray(ckpt.params[k])
-        for k in models.of(ckpt.model).param_shapes(ckpt.model)
+        for k in registry.of(ckpt.model).param_shapes(ckpt.model)
     }
     for name, (mean, var) in ckpt.bn_running.items():  # the MLP's: bn/running_mean, ...
         tensors[f"{name}/running_mean"], tensors[f"{name}/running_var"] = mean, var
@@ -255,7 +255,7 @@ def load(path: str | os.PathLike) -> Checkpoint:
     if meta.get("format") != FORMAT:
         raise BadCheckpoint(f"{path} is not a jaxninja checkpoint (format {meta.get('format')!r})")
     model, train, vocab, step = _metadata(path, meta)
-    m = models.of(model)
+    m = registry.of(model)
     bn_names = tuple(m.bn_shapes(model))
     expected = {f"params/{k}": shape for k, shape in m.param_shapes(model).items()}
     for name, shape in m.bn_shapes(model).items():

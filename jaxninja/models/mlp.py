@@ -18,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxninja import evaluate, layers, memory
+from jaxninja import memory
 from jaxninja.config import ModelConfig, check_batch_size
 from jaxninja.errors import UsageError
-from jaxninja.layers import BNStats
+from jaxninja.models import evaluate, layers
+from jaxninja.models.layers import BNStats
 
 PARAMS = ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias")
 # every intermediate of the chunked forward, in forward order

@@ -33,14 +33,15 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jaxninja import checkpoint, models, parallel
 from jaxninja.config import ModelConfig, TrainConfig, check_batch_size
 from jaxninja.data import Vocab
 from jaxninja.errors import Interrupted, LostProcess, UsageError
 from jaxninja.fileio import atomic_path
-from jaxninja.layers import BNStats
-from jaxninja.model import forward_chunked
-from jaxninja.parallel import DATA, SEEDS
+from jaxninja.models import registry
+from jaxninja.models.layers import BNStats
+from jaxninja.models.mlp import forward_chunked
+from jaxninja.training import checkpoint, parallel
+from jaxninja.training.parallel import DATA, SEEDS
 
 Params = dict[str, jax.Array]
 
@@ -82,12 +83,12 @@ def batch_indices(seed: int, steps: int, n_examples: int, batch_size: int) -> np
 
 
 def init_state(mc: ModelConfig, tc: TrainConfig) -> TrainState:
-    params = models.to_device(models.of(mc).init_params(mc, tc.seed))
-    return TrainState(params, make_optimizer(tc, mc.dtype).init(params), models.zero_stats(mc))
+    params = registry.to_device(registry.of(mc).init_params(mc, tc.seed))
+    return TrainState(params, make_optimizer(tc, mc.dtype).init(params), registry.zero_stats(mc))
 
 
 def state_from_checkpoint(ckpt: checkpoint.Checkpoint) -> TrainState:
-    params = models.to_device(ckpt.params)
+    params = registry.to_device(ckpt.params)
     template = make_optimizer(ckpt.train, ckpt.model.dtype).init(params)
     leaves, treedef = jax.tree.flatten(template)
     if [x.shape for x in leaves] != [x.shape for x in ckpt.opt_leaves]:
@@ -110,7 +111,7 @@ def seeds_of(tc: TrainConfig, n_models: int) -> tuple[int, ...]:
 def _loss_and_grads(mc: ModelConfig, axis_name: str | None, backward: Callable | None) -> Callable:
     """(params, Xb, Yb) -> (loss, the parameters' gradients, the batch's BatchNorm statistics).
 
-    The model's own hand-written backward (models.py); or, with `backward` (the MLP's
+    The model's own hand-written backward (registry.py); or, with `backward` (the MLP's
     exercise-1 function, `fn(params, v, Xb, Yb) -> dict`, e.g. a learner's), the chunked
     forward and that backward.
     """
@@ -119,7 +120,7 @@ def _loss_and_grads(mc: ModelConfig, axis_name: str | None, backward: Callable |
         loss, v = forward_chunked(params, Xb, Yb, eps=mc.eps)
         return loss, backward(params, v, Xb, Yb), {"bn": BNStats(v["bnmeani"], v["bnvar"])}
 
-    return models.of(mc).loss_and_grads(mc, axis_name) if backward is None else atomic
+    return registry.of(mc).loss_and_grads(mc, axis_name) if backward is None else atomic
 
 
 def _train_step(
@@ -495,10 +496,10 @@ def train(
 
 
 def _calibrate(plan: Plan, at: Progress, X: np.ndarray) -> list[dict[str, BNStats]]:
-    """Each model's BatchNorm statistics over the whole train split (models.calibrate)."""
+    """Each model's BatchNorm statistics over the whole train split (registry.calibrate)."""
     host = parallel.fetch(at.state.params)
     stats = [
-        models.calibrate(plan.mc, models.to_device(_model(host, k, plan.models)), X)
+        registry.calibrate(plan.mc, registry.to_device(_model(host, k, plan.models)), X)
         for k in range(plan.models)
     ]
     return [jax.tree.map(np.asarray, s) for s in stats]

@@ -17,8 +17,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from jaxninja import layers
-from jaxninja.model import PARAMS, Cache, Params, forward
+from jaxninja.models import layers
+from jaxninja.models.mlp import PARAMS, Cache, Params, forward
 
 
 @partial(jax.jit, static_argnames="eps")

@@ -32,10 +32,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxninja.autodiff import grads_autodiff
-from jaxninja.backward import FUSED_ROWS, backward_atomic, backward_fused
 from jaxninja.config import ModelConfig
-from jaxninja.model import (
+from jaxninja.models.mlp import (
     GRAD_ORDER,
     Case,
     forward,
@@ -43,6 +41,8 @@ from jaxninja.model import (
     make_case,
     to_device,
 )
+from jaxninja.models.mlp_autodiff import grads_autodiff
+from jaxninja.models.mlp_backward import FUSED_ROWS, backward_atomic, backward_fused
 
 # Zero in exact arithmetic: d loss/d logit_maxes (softmax is shift invariant) and d loss/d b1
 # (BatchNorm subtracts the batch mean, so b1 cannot change the loss). Each is a sum, over the

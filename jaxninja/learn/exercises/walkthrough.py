@@ -329,7 +329,7 @@ print(jn.grade(batchnorm_backward, exercise=3, name=spec).format())
 # first, refused if wrong).
 
 # %%
-from jaxninja.model import calibrate_bn, split_loss
+from jaxninja.models.mlp import calibrate_bn, split_loss
 
 steps = 2000
 try:
@@ -384,7 +384,7 @@ for name in ("train", "val"):
     print(name, f"{split_loss(p, bn, *splits.data[name]):.4f}")
 
 # %%
-from jaxninja.sample import sample_names
+from jaxninja.training.sample import sample_names
 
 print(", ".join(sample_names(train_cfg, p, {"bn": bn}, vocab, n=10, seed=0)))
 

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxninja.layers import BNStats, along_last, batch_axes
+from jaxninja.config import EVAL_CHUNK
+from jaxninja.models.layers import BNStats, along_last, batch_axes
 
 # ~50 MB of activations a chunk at the MLP's 200 hidden units in float32
-EVAL_CHUNK = 65_536
 
 
 def chunks(X: np.ndarray | jax.Array, *more) -> Iterator[tuple[list[np.ndarray], Any]]:

@@ -19,9 +19,10 @@ from functools import partial
 import jax
 import numpy as np
 
-from jaxninja import layers, verify, wavenet
+from jaxninja.check import verify
 from jaxninja.config import ModelConfig
-from jaxninja.model import Case, make_case, to_device
+from jaxninja.models import layers, wavenet
+from jaxninja.models.mlp import Case, make_case, to_device
 
 WAYS = {
     "jax.grad": ("manual", "jax.grad"),

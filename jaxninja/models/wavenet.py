@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxninja import layers, memory
+from jaxninja import memory
 from jaxninja.config import WAVENET_FLATTEN, ModelConfig
-from jaxninja.layers import Layer
+from jaxninja.models import layers
+from jaxninja.models.layers import Layer
 
 Params = dict[str, jax.Array]
 

@@ -11,11 +11,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from jaxninja import models
 from jaxninja.config import ModelConfig
 from jaxninja.data import Vocab
 from jaxninja.errors import UsageError
-from jaxninja.layers import BNStats
+from jaxninja.models import registry
+from jaxninja.models.layers import BNStats
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "n", "block_size", "max_len"))
@@ -47,7 +47,7 @@ def sample_names(
     if not 0 < temperature < float("inf"):
         raise UsageError(f"temperature must be > 0, got {temperature}")
     ids = _sample_ids(
-        models.logits(cfg), params, bn, jax.random.key(seed), temperature, n, cfg.block_size,
+        registry.logits(cfg), params, bn, jax.random.key(seed), temperature, n, cfg.block_size,
         max_len,
     ).tolist()  # fmt: skip
     return [vocab.decode(row[: row.index(0)] if 0 in row else row) for row in ids]

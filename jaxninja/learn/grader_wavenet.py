@@ -5,7 +5,7 @@ Their two functions (`flatten_consecutive_backward(dout, n) -> dx` and
 `batchnorm_backward(dout, bnraw, bnvar_inv, gamma) -> (dx, dgamma, dbeta)`) stand in for
 jaxninja's in every layer of their kind (the stack's `with_backwards`, here one seat per layer,
 so each output is named by its row). The stack's backward then runs on the check's case, and
-its rows are compared as `jaxninja check --model wavenet` compares them (stack_check.py): with
+its rows are compared as `jaxninja check --model wavenet` compares them (stack.py): with
 jax.grad, PyTorch autograd, the stack's own backward and each layer's jax.vjp fed the same
 gradient of its output. A learner's rows are the gradients their functions return: the dx of
 every FlattenConsecutive and BatchNorm (each named as the stack names it, by the layer whose
@@ -29,10 +29,12 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxninja import candidate, references, stack_check, verify, wavenet
+from jaxninja.check import stack, verify
 from jaxninja.config import WAVENET_FLATTEN, ModelConfig
 from jaxninja.errors import UsageError
-from jaxninja.layers import Layer
+from jaxninja.learn import candidate, references
+from jaxninja.models import wavenet
+from jaxninja.models.layers import Layer
 
 # the layers' kinds (as wavenet.with_backwards names them) -> the learner's function, its arity
 FUNCTIONS = {"flatten": ("flatten_consecutive_backward", 2), "bn": ("batchnorm_backward", 4)}
@@ -174,7 +176,7 @@ def _candidate_run(cfg: ModelConfig, fns: dict[str, Callable]) -> Callable:
         seen, inputs = {}, {}
         net = _seated(cfg, fns, seen, inputs)
         loss, flow, _ = wavenet.loss_and_grads(cfg, net=net)(params, Xb, Yb)
-        vjps = stack_check.layer_vjps(cfg, params, Xb, Yb, flow)
+        vjps = stack.layer_vjps(cfg, params, Xb, Yb, flow)
         return loss, flow, seen, vjps, inputs
 
     return run

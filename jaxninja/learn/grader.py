@@ -33,12 +33,13 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxninja import candidate, grader_wavenet, references, verify
-from jaxninja.candidate import DEFAULT_TIMEOUT, load_function, load_module, run_once
+from jaxninja.check import verify
 from jaxninja.config import check_batch_size, model_config
 from jaxninja.data import resolve_data_path
 from jaxninja.errors import UsageError
-from jaxninja.model import GRAD_ORDER
+from jaxninja.learn import candidate, grader_wavenet, references
+from jaxninja.learn.candidate import DEFAULT_TIMEOUT, load_function, load_module, run_once
+from jaxninja.models.mlp import GRAD_ORDER
 
 __all__ = ["EXERCISES", "Grade", "grade", "load_function", "load_module"]
 

@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxninja import evaluate, model, wavenet
-from jaxninja.backward import backward_fused
 from jaxninja.config import ModelConfig
-from jaxninja.layers import BNStats
+from jaxninja.models import evaluate, mlp, wavenet
+from jaxninja.models.layers import BNStats
+from jaxninja.models.mlp_backward import backward_fused
 
 
 class Model(NamedTuple):
@@ -37,7 +37,7 @@ class Model(NamedTuple):
 
 def _mlp_loss_and_grads(cfg: ModelConfig, axis_name: str | None = None) -> Callable:
     def run(params, Xb, Yb):
-        loss, cache = model.forward(params, Xb, Yb, cfg.eps, axis_name)
+        loss, cache = mlp.forward(params, Xb, Yb, cfg.eps, axis_name)
         stats = {"bn": BNStats(cache.bn.bnmean, cache.bn.bnvar)}
         return loss, backward_fused(cache, axis_name=axis_name), stats
 
@@ -46,8 +46,8 @@ def _mlp_loss_and_grads(cfg: ModelConfig, axis_name: str | None = None) -> Calla
 
 MODELS = {
     "mlp": Model(
-        "mlp", model.param_shapes, model.bn_shapes, model.init_params, model.check_fits,
-        _mlp_loss_and_grads, lambda cfg: model.eval_fns(cfg.eps),
+        "mlp", mlp.param_shapes, mlp.bn_shapes, mlp.init_params, mlp.check_fits,
+        _mlp_loss_and_grads, lambda cfg: mlp.eval_fns(cfg.eps),
     ),
     "wavenet": Model(
         "wavenet", wavenet.param_shapes, wavenet.bn_shapes, wavenet.init_params,

@@ -2,7 +2,7 @@
 
 None of it depends on the learner's code: the seeded case, the forward's intermediates and every
 reference source (jax.grad and its float64 truth, PyTorch autograd and manual, the project's
-atomic and fused backwards); for exercise 5, the WaveNet's (stack_check.py: jax.grad, its truth,
+atomic and fused backwards); for exercise 5, the WaveNet's (stack.py: jax.grad, its truth,
 PyTorch autograd, the stack's own backward). A notebook grades many times in one process, so an
 entry is kept in memory; a learner's edit-and-grade loop is many processes, so it is kept on disk
 as well, in the user's cache directory (`$JAXNINJA_CACHE` to put it elsewhere, `off` to keep
@@ -29,19 +29,17 @@ import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError, safe_open
 
-from jaxninja import stack_check, verify, wavenet
-from jaxninja.config import ModelConfig
+from jaxninja.check import stack, verify
+from jaxninja.config import VERSION, ModelConfig
 from jaxninja.data import load_splits
 from jaxninja.fileio import atomic_path
-from jaxninja.model import Case, forward_chunked, make_case, to_device
+from jaxninja.models import wavenet
+from jaxninja.models.mlp import Case, forward_chunked, make_case, to_device
 
 CACHE_ENV = "JAXNINJA_CACHE"
 FORMAT = 1  # bump when what an entry holds changes
-# the files whose code computes an entry: a change to any of them is a new entry
-SOURCES = (
-    "model.py", "backward.py", "autodiff.py", "layers.py", "verify.py", "references.py",
-    "wavenet.py", "stack_check.py",
-)  # fmt: skip
+# the packages whose code computes an entry (and this module): a change to any is a new entry
+SOURCES = ("models", "check", "parity")
 
 
 class References(NamedTuple):
@@ -101,7 +99,7 @@ def _compute_stack(cfg: ModelConfig, train, batch_size: int, seed: int, with_tor
     are fed the backward under test and so are computed with the learner's."""
     case = make_case(cfg, *train, batch_size, seed, init=wavenet.check_params)
     with verify.check_context(cfg.dtype):
-        sources, losses, shapes = stack_check.gradient_sources(cfg, case, with_torch)
+        sources, losses, shapes = stack.gradient_sources(cfg, case, with_torch)
     del sources["layer vjp"]
     return References(cfg, seed, case, {}, sources, losses, shapes)
 
@@ -110,10 +108,8 @@ def _compute_stack(cfg: ModelConfig, train, batch_size: int, seed: int, with_tor
 
 
 def _key(data: Path, sizes: Sizes, batch_size: int, seed: int, with_torch: bool) -> str:
-    from jaxninja import __version__
-
     parts = {
-        "format": FORMAT, "version": __version__, "code": _code_digest(with_torch),
+        "format": FORMAT, "version": VERSION, "code": _code_digest(with_torch),
         "jax": jax.__version__, "data": _file_digest(data), "sizes": sizes._asdict(),
         "batch_size": batch_size, "seed": seed, "torch": with_torch,
     }  # fmt: skip
@@ -122,8 +118,8 @@ def _key(data: Path, sizes: Sizes, batch_size: int, seed: int, with_torch: bool)
 
 @cache
 def _code_digest(with_torch: bool) -> str:
-    here = Path(__file__).parent
-    files = [here / name for name in SOURCES]
+    root = Path(__file__).parent.parent
+    files = [*sorted(f for pkg in SOURCES for f in (root / pkg).glob("*.py")), Path(__file__)]
     if with_torch:
         import importlib.util
 

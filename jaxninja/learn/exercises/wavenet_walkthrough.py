@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxninja as jn
-from jaxninja import layers, models, wavenet
 from jaxninja.config import model_config
+from jaxninja.models import layers, registry, wavenet
 
 jax.config.update("jax_default_matmul_precision", "highest")  # full float32 matmuls everywhere
 
@@ -100,7 +100,7 @@ print(inspect.getsource(layers.stack_backward))
 
 # %%
 case = jn.make_case(cfg, Xtr, Ytr, batch_size=32, seed=0, init=wavenet.check_params)
-params = models.to_device(case.params)
+params = registry.to_device(case.params)
 Xb, Yb = jnp.asarray(case.Xb), jnp.asarray(case.Yb)
 loss, grads, _ = jax.jit(wavenet.loss_and_grads(cfg))(params, Xb, Yb)
 print(f"loss {float(loss):.4f}, {len(grads)} gradients")
@@ -224,8 +224,8 @@ else:
     print(f"ex5_wavenet.py is not complete and right yet ({why}): training on jaxninja's layers")
     train_net = wavenet.stack(train_cfg)
 loss_and_grads = wavenet.loss_and_grads(train_cfg, net=train_net)
-p = models.to_device(wavenet.init_params(train_cfg, seed=42))
-running = models.zero_stats(train_cfg)
+p = registry.to_device(wavenet.init_params(train_cfg, seed=42))
+running = registry.zero_stats(train_cfg)
 key, Xtr_d, Ytr_d = jax.random.key(42), jnp.asarray(Xtr), jnp.asarray(Ytr)
 
 
@@ -242,7 +242,7 @@ for step in range(steps):
     p, running, loss = sgd_step(p, running, step)
     losses.append(float(loss))
 print(f"{steps} steps in {time.perf_counter() - t0:.1f} s, last loss {np.mean(losses[-50:]):.4f}")
-print(f"val {models.split_loss(train_cfg, p, running, *splits.data['val']):.4f}")
+print(f"val {registry.split_loss(train_cfg, p, running, *splits.data['val']):.4f}")
 
 # %% [markdown]
 # ## What changed from part 4

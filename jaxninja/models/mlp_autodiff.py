@@ -11,7 +11,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from jaxninja.model import Params, forward_chunked
+from jaxninja.models.mlp import Params, forward_chunked
 
 
 @partial(jax.jit, static_argnames="eps")

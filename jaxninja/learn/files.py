@@ -1,6 +1,6 @@
 """What a learner gets: the exercise files and the walkthrough notebooks, written into a folder.
 
-They ship as package data (jaxninja/exercises), so a pip install has them. The notebooks are kept
+They ship as package data (jaxninja/learn/exercises), so a pip install has them. The notebooks are
 there as percent-format scripts (they review as code) and written out as .ipynb by jupytext: one
 for part 4 (exercises 1 to 4), one for part 5 (exercise 5, the WaveNet). Nothing a learner
 already has is overwritten: a file already in the folder is kept as it is, and only the missing
@@ -37,7 +37,7 @@ GRADE_COMMANDS = {
 
 def source(name: str) -> Path:
     """The packaged copy of an exercise file or of a notebook's script."""
-    return Path(str(files("jaxninja") / "exercises" / name))
+    return Path(str(files("jaxninja.learn") / "exercises" / name))
 
 
 def write_exercises(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:

@@ -1,0 +1,1 @@
+"""Each model's hand-written backward checked against jax.grad, PyTorch autograd and each other."""

@@ -1,0 +1,2 @@
+"""The learner's side: the exercise files, loading a learner's function, the graders, the
+references cache."""
