@@ -4,7 +4,8 @@
 ModelConfig's defaults are the part-4 notebook's MLP for the gradient checks; its exercise 4
 trains a wider hidden layer. `--model wavenet` is part 5's lecture, with its own sizes and
 schedule: `model_config` and `training_config` apply what each model changes (MODEL_SIZES,
-SCHEDULES).
+SCHEDULES). `--model gpt` is part 6's makemore.py Transformer: its sizes and AdamW are
+makemore's defaults.
 """
 
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from jaxninja.errors import UsageError
 VERSION = "0.1.0"  # names the grader's cache entries, with a digest of the code
 DTYPES = ("float32", "float64")
 EVAL_CHUNK = 65_536  # examples an evaluation step takes at once: memory stays flat in the split
-MODELS = ("mlp", "wavenet")  # part 4's MLP (the notebook's names), part 5's WaveNet (a stack)
+# part 4's MLP (the notebook's names), part 5's WaveNet (a stack), part 6's makemore.py Transformer
+MODELS = ("mlp", "wavenet", "gpt")
 WAVENET_FLATTEN = 2  # the lecture's FlattenConsecutive(2): each stage pairs neighbours, T / 2
 
 
@@ -28,9 +30,11 @@ class ModelConfig:
     eps: float = 1e-5  # added to the BatchNorm variance before the inverse square root
     dtype: str = "float32"  # parameter and activation dtype: float32 or float64
     model: str = "mlp"  # which model: one of MODELS (the sizes above are the MLP's)
+    n_layer: int = 4  # the GPT's Transformer blocks (makemore's default); other models: unused
+    n_head: int = 4  # the GPT's attention heads per block (makemore's); must divide n_embd
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_embd", "n_hidden"):
+        for name in ("vocab_size", "block_size", "n_embd", "n_hidden", "n_layer", "n_head"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
@@ -48,6 +52,11 @@ class ModelConfig:
                 f"FlattenConsecutive({WAVENET_FLATTEN}) stages: give a power of {WAVENET_FLATTEN} "
                 "above 1 (2, 4, 8, 16, ...; the lecture's 8)"
             )
+        if self.model == "gpt" and self.n_embd % self.n_head:
+            raise UsageError(
+                f"--n-embd {self.n_embd} does not split into {self.n_head} heads: give an n-embd "
+                "that n-head divides (makemore's 64 and 4)"
+            )
 
 
 def _flattens_to_one(t: int, n: int) -> bool:
@@ -60,16 +69,26 @@ def _flattens_to_one(t: int, n: int) -> bool:
 
 TRAINING_N_HIDDEN = 200  # the hidden layer of the notebook's exercise 4 (its checks use 64)
 WAVENET_SIZES = {"block_size": 8, "n_embd": 24, "n_hidden": 128}  # the part-5 lecture's
+# makemore.py's Transformer: 4 blocks of 4 heads, n_embd 64; its block size is the longest word
+# + 1 (a start token, then the word), 16 for names.txt
+GPT_SIZES = {"block_size": 16, "n_embd": 64, "n_layer": 4, "n_head": 4}
 # What each model changes in ModelConfig's defaults, for a check and for training.
 MODEL_SIZES = {
     ("mlp", "check"): {},  # ModelConfig's own: the notebook's gradient check
     ("mlp", "train"): {"n_hidden": TRAINING_N_HIDDEN},
     ("wavenet", "check"): WAVENET_SIZES,  # the lecture has one size for all it does
     ("wavenet", "train"): WAVENET_SIZES,
+    ("gpt", "check"): GPT_SIZES,  # makemore has one size for all it does
+    ("gpt", "train"): GPT_SIZES,
 }
 # What each model changes in TrainConfig's defaults: the part-5 lecture decays the rate at 150k
-# and its BatchNorm1d's running statistics move with momentum 0.1.
-SCHEDULES = {"mlp": {}, "wavenet": {"lr_decay_step": 150_000, "bn_momentum": 0.1}}
+# and its BatchNorm1d's running statistics move with momentum 0.1; makemore.py trains its GPT
+# with AdamW (lr 5e-4, betas (0.9, 0.99), eps 1e-8, weight decay 0.01) at one rate throughout.
+SCHEDULES = {
+    "mlp": {},
+    "wavenet": {"lr_decay_step": 150_000, "bn_momentum": 0.1},
+    "gpt": {"optimizer": "adamw", "beta2": 0.99, "lr_decay": 1.0},
+}
 
 
 def model_config(model: str = "mlp", use: str = "check", **fields) -> ModelConfig:
@@ -105,8 +124,10 @@ def check_batch_size(batch_size: int, n_examples: int | None = None, split: str 
 # seconds a grade gives the learner's function on one case, tracing and compiling included
 DEFAULT_TIMEOUT = 60.0
 
-OPTIMIZERS = ("sgd", "adam")
-DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}  # the notebook's SGD rate; Adam's customary one
+# adamw: Adam with decoupled weight decay (torch.optim.AdamW, optax.adamw), makemore.py's
+OPTIMIZERS = ("sgd", "adam", "adamw")
+# the notebook's SGD rate; Adam's customary one; makemore.py's AdamW rate
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 5e-4}
 
 
 @dataclass(frozen=True)
@@ -116,7 +137,11 @@ class TrainConfig:
     lr: float | None = None  # initial learning rate; None: DEFAULT_LR of the optimizer
     lr_decay_step: int = 100_000  # the step from which the rate is lr * lr_decay (SCHEDULES)
     lr_decay: float = 0.1  # so 0.1 -> 0.01, the notebook's schedule
-    optimizer: str = "sgd"  # sgd (the notebook's) or adam (optax), both on the manual gradients
+    optimizer: str = "sgd"  # sgd (the notebook's), adam or adamw (optax), on the manual gradients
+    beta1: float = 0.9  # adam/adamw: decay of the gradient's running mean (optax's, makemore's)
+    beta2: float = 0.999  # adam/adamw: of its running square (optax's; makemore's 0.99: SCHEDULES)
+    adam_eps: float = 1e-8  # adam/adamw: added to the running square's root (optax's, makemore's)
+    weight_decay: float = 0.01  # adamw only: decoupled decay, times lr (torch's, makemore's)
     seed: int = 2147483647  # the notebook's generator seed: initialisation and batch stream
     chunk_steps: int = 1000  # steps per jitted lax.scan call; progress updates in between
     checkpoint_every: int = 10_000  # steps between checkpoints
@@ -143,6 +168,13 @@ class TrainConfig:
             raise UsageError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         if not 0 < self.bn_momentum <= 1:
             raise UsageError(f"bn-momentum must be in (0, 1], got {self.bn_momentum!r}")
+        for name in ("beta1", "beta2"):
+            if not (isinstance(getattr(self, name), int | float) and 0 <= getattr(self, name) < 1):
+                raise UsageError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not (isinstance(self.adam_eps, int | float) and 0 < self.adam_eps < float("inf")):
+            raise UsageError(f"adam-eps must be a number > 0, got {self.adam_eps!r}")
+        if not (isinstance(self.weight_decay, int | float) and 0 <= self.weight_decay < 1):
+            raise UsageError(f"weight-decay must be in [0, 1), got {self.weight_decay!r}")
 
     @property
     def lr_decayed(self) -> float:

@@ -1,4 +1,5 @@
-"""The notebook's data pipeline: a words file -> Vocab -> shuffled 80/10/10 split -> (X, Y).
+"""The notebook's data pipeline: a words file -> Vocab -> shuffled 80/10/10 split -> (X, Y),
+context windows (parts 4 and 5) or, for part 6's GPT, makemore's padded rows (`build_rows`).
 
 The split and the context windows reproduce the notebook's `build_dataset` element for element
 (`random.seed(42)`, `random.shuffle`, `int(0.8*n)`, `int(0.9*n)`), but the windows are built with
@@ -31,6 +32,7 @@ NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d
 DEFAULT_DATA = Path("data") / "names.txt"
 DATA_ENV = "JAXNINJA_DATA"
 SPLITS = ("train", "val", "test")
+IGNORE = -1  # a row's target after its stop token: makemore's F.cross_entropy(ignore_index=-1)
 # bytes per context-window element that build_dataset holds at its peak: the int64 sources and
 # their gather, the mask, and X itself
 WINDOW_BYTES = 32
@@ -149,6 +151,40 @@ def build_dataset(words: list[str], vocab: Vocab, block_size: int) -> tuple[np.n
     return X, Y
 
 
+def row_block_size(words: list[str]) -> int:
+    """makemore's block size for its rows: the longest word + 1 (the start token and the word,
+    or the word and the stop token). 16 for names.txt."""
+    return max((len(w) for w in words), default=0) + 1
+
+
+def build_rows(words: list[str], vocab: Vocab, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """makemore's rows (its CharDataset), one per word, X and Y (N, block_size) int32: x is 0
+    (the start token, '.') then the word, 0-padded; y is the word then 0 (the stop token, '.'
+    too), then IGNORE, the positions the loss leaves out."""
+    if not isinstance(block_size, int) or block_size < 1:
+        raise UsageError(f"block size must be an integer >= 1, got {block_size!r}")
+    if words and (need := row_block_size(words)) > block_size:
+        longest = max(words, key=len)
+        raise UsageError(
+            f"the word {longest!r} has {len(longest)} characters: its row needs block size "
+            f"{need}, above {block_size}; give --block-size {need} or more, or drop the word"
+        )
+    n = len(words)
+    memory.require(
+        n * block_size * 16, f"{n:,} rows of block size {block_size:,}", "use a smaller words file"
+    )
+    lengths = np.array([len(w) for w in words], np.int64)  # (N,)
+    ids = vocab.encode("".join(words))  # (sum of lengths,) every word's characters
+    row = np.repeat(np.arange(n), lengths)  # each character's word
+    col = np.arange(len(ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # its place
+    X = np.zeros((n, block_size), np.int32)
+    X[row, col + 1] = ids
+    Y = np.full((n, block_size), IGNORE, np.int32)
+    Y[row, col] = ids
+    Y[np.arange(n), lengths] = 0  # the stop token
+    return X, Y
+
+
 class Splits(NamedTuple):
     vocab: Vocab
     words: dict[str, list[str]]
@@ -165,6 +201,22 @@ def splits_from_words(words: list[str], block_size: int) -> Splits:
     vocab = Vocab.from_words(words)
     parts = split_words(words)
     data = {name: build_dataset(ws, vocab, block_size) for name, ws in parts.items()}
+    return Splits(vocab, parts, data)
+
+
+def load_rows(path: str | os.PathLike, block_size: int | None = None) -> Splits:
+    """Read a words file and build makemore's rows of our three splits."""
+    return rows_from_words(read_words(path), block_size)
+
+
+def rows_from_words(words: list[str], block_size: int | None = None) -> Splits:
+    """The vocabulary of `words` and makemore's rows of each of the notebook's three splits (the
+    same words as splits_from_words's), at `block_size` (None: row_block_size of all words, as
+    makemore's max_word_length + 1)."""
+    vocab = Vocab.from_words(words)
+    block_size = row_block_size(words) if block_size is None else block_size
+    parts = split_words(words)
+    data = {name: build_rows(ws, vocab, block_size) for name, ws in parts.items()}
     return Splits(vocab, parts, data)
 
 
