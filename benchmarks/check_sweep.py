@@ -1,13 +1,15 @@
-"""Does `jaxninja check` in float32 ever cry wolf on the project's own, correct backward?
+"""Does `jaxninja check` ever cry wolf on the project's own, correct backward?
 
-Runs the float32 check over seeds 0-19 x batch sizes 2, 3, 4, 5, 8, 32, 256 x hidden sizes
-1, 17, 64, 512 (560 cases, the notebook's other sizes) and prints, per batch size:
+Runs the check (float64 first, then float32 against the float64 truth: parity's verdict) over
+seeds 0-19 x batch sizes 2, 3, 4, 5, 8, 32, 256 x hidden sizes 1, 17, 64, 512 (560 cases, the
+notebook's other sizes) and prints, per batch size:
   - cases that failed (a false alarm: must be 0) and rows float32 could not judge ("noise");
   - the hardest row: float32 autodiff's largest relative error from the float64 truth;
-  - how close the project's sources (manual, fused, torch manual) came to the bound: their
-    largest error / bound, and their largest error as a multiple of autodiff's own, against
-    the factor verify.F32_FACTOR.
-The closest margin over all cases closes the output. Takes a few minutes on 2 cores.
+  - how close the project's sources (manual, fused, torch manual) came to each bound: their
+    largest float64 error / bound, and float32 error / bound;
+  - their largest float32 error as a multiple of autodiff's own, against the factor 16
+    (parity.verdict.LOW_FACTOR) that sets the bound.
+The closest margins over all cases close the output. Takes several minutes on 2 cores.
 
     python benchmarks/check_sweep.py [--seeds 20] [--batch-sizes 2,3,...] [--hidden 1,17,...]
 """
@@ -19,12 +21,14 @@ import time
 from collections import defaultdict
 
 import jax
-import numpy as np
 
-from jaxninja.check import verify
+from jaxninja.check import mlp
 from jaxninja.config import ModelConfig
 from jaxninja.data import load_splits, resolve_data_path
 from jaxninja.models.mlp import make_case
+from jaxninja.parity.named import judge_rows
+from jaxninja.parity.sides import check_context, torch_available
+from jaxninja.parity.verdict import F32_EPS, LOW_FACTOR, LOW_FLOOR_ULPS, PASSING
 
 CANDIDATES = ("manual", "fused", "torch manual")
 
@@ -32,29 +36,32 @@ CANDIDATES = ("manual", "fused", "torch manual")
 def case_figures(cfg: ModelConfig, X, Y, batch_size: int, seed: int) -> dict:
     """One float32 check, and the figures the sweep keeps of it."""
     case = make_case(cfg, X, Y, batch_size, seed)
-    with verify.check_context("float32"):
-        sources, _, shapes = verify.gradient_sources(case, cfg.eps, verify.torch_available())
-    rows = verify.compare(sources, shapes, "float32")
-    report = verify.Report("float32", batch_size, seed, verify.WAYS, rows, {}, True, [], None)
-    truth = sources["truth"]
-    fig = {"failed": not report.ok, "noise_rows": len(report.cannot_tell())}
-    fig["hardest"] = max((r["noise"], r["name"]) for r in rows)
-    err_bound, times_autodiff = (0.0, ""), (0.0, "")
-    for r in rows:
-        if r["cannot_tell"]:
+    with check_context("float32"):
+        sources, _, values = mlp.gradient_sources(case, cfg.eps, torch_available())
+    rules = mlp.rules(mlp.shapes_of(case, values["float32"]))
+    rows = judge_rows(sources, rules, "float32", detail=True)
+    cells = [(r, w, r[w]) for r in rows for w in mlp.WAYS if r[w]]
+    fig = {
+        "failed": any(c["verdict"] not in PASSING for _, _, c in cells),
+        "noise_rows": sum(r["cannot_tell"] for r in rows),
+        "hardest": max((r["noise"], r["name"]) for r in rows),
+    }
+    margins = {"f64": (0.0, ""), "f32": (0.0, ""), "x autodiff": (0.0, "")}
+    for r, way, c in cells:
+        if mlp.WAYS[way][0] not in CANDIDATES:
             continue
-        name = r["name"]
-        noise, scale = verify.float32_noise(name, sources)
-        bound = verify.float32_bound(noise, scale)
-        for src in CANDIDATES:
-            if src not in sources or name not in sources[src]:
-                continue
-            err = float(np.abs(sources[src][name] - truth[name]).max())
-            err_bound = max(err_bound, (err / bound, f"{src} d{name}"))
-            if err > verify.F32_FLOOR_ULPS * verify.F32_EPS * scale:  # beyond the floor
-                times_autodiff = max(times_autodiff, (err / noise, f"{src} d{name}"))
-    fig["err_bound"], fig["times_autodiff"] = err_bound, times_autodiff
-    return fig
+        where = f"{way} d{r['name']}"
+        f64, low = c["float64"], c["low"]
+        margins["f64"] = max(margins["f64"], (f64["error"] / f64["bound"], where))
+        if low["verdict"] == "noise":
+            continue
+        margins["f32"] = max(margins["f32"], (low["error"] / low["bound"], where))
+        scale = low["bound"] - LOW_FACTOR * low["ref_error"]  # the floor's ulps of the scale
+        if low["error"] > scale and low["ref_error"] > 0:  # beyond the floor
+            margins["x autodiff"] = max(
+                margins["x autodiff"], (low["error"] / low["ref_error"], where)
+            )
+    return fig | margins
 
 
 def main() -> None:
@@ -74,29 +81,28 @@ def main() -> None:
             for seed in range(args.seeds):
                 by_batch[b].append((h, seed, case_figures(cfg, X, Y, b, seed)))
     print(
-        f"float32 check, factor {verify.F32_FACTOR:g}, floor {verify.F32_FLOOR_ULPS:g} ulps, "
-        f"'cannot tell' from {verify.F32_CANNOT_TELL:g} of a row's scale; "
-        f"{sum(map(len, by_batch.values()))} cases in {time.perf_counter() - t0:.0f} s"
+        f"check: float64 then float32, factor {LOW_FACTOR:g}, floor {LOW_FLOOR_ULPS:g} ulps "
+        f"({LOW_FLOOR_ULPS * F32_EPS:.2g}); {sum(map(len, by_batch.values()))} cases in "
+        f"{time.perf_counter() - t0:.0f} s"
     )
     print(
-        f"{'batch':>5s} {'cases':>5s} {'failed':>6s} {'noise rows':>10s}  "
-        f"{'hardest row: autodiff rel. err':38s}  {'max error / bound':34s}  "
-        "max error / autodiff's"
+        f"{'batch':>5s} {'cases':>5s} {'failed':>6s} {'noise':>5s}  {'hardest: autodiff':17s}  "
+        f"{'f64 error/bound':30s}  {'f32 error/bound':30s}  f32 error / autodiff's"
     )
-    worst = (0.0, "")
+    worst = {"f64": (0.0, ""), "f32": (0.0, "")}
     for b, figs in by_batch.items():
-        hardest = max(
-            (f["hardest"][0], f"d{f['hardest'][1]} (H {h}, seed {s})") for h, s, f in figs
-        )
-        eb = max((f["err_bound"][0], f"{f['err_bound'][1]} (H {h}, s {s})") for h, s, f in figs)
-        ta = max((f["times_autodiff"][0], f["times_autodiff"][1]) for _, _, f in figs)
-        worst = max(worst, (eb[0], f"batch {b}: {eb[1]}"))
+        top = {k: max((f[k][0], f"{f[k][1]} (H {h}, s {s})") for h, s, f in figs) for k in worst}
+        hardest = max(f["hardest"][0] for _, _, f in figs)
+        times = max(f["x autodiff"] for _, _, f in figs)
+        worst = {k: max(worst[k], (top[k][0], f"batch {b}: {top[k][1]}")) for k in worst}
         print(
             f"{b:5d} {len(figs):5d} {sum(f['failed'] for _, _, f in figs):6d} "
-            f"{sum(f['noise_rows'] for _, _, f in figs):10d}  {hardest[0]:8.1e} {hardest[1]:29s}"
-            f"  {eb[0]:5.3f} {eb[1]:28s}  {ta[0]:5.1f}x ({ta[1]}) vs {verify.F32_FACTOR:g}x"
+            f"{sum(f['noise_rows'] for _, _, f in figs):5d}  {hardest:17.1e}  "
+            f"{top['f64'][0]:5.3f} {top['f64'][1]:24s}  {top['f32'][0]:5.3f} {top['f32'][1]:24s}"
+            f"  {times[0]:5.1f}x ({times[1]})"
         )
-    print(f"closest margin: error/bound {worst[0]:.3f} at {worst[1]} (a false alarm needs > 1)")
+    for k, (margin, where) in worst.items():
+        print(f"closest {k} margin: error/bound {margin:.3f} at {where} (a false alarm needs > 1)")
 
 
 if __name__ == "__main__":

@@ -30,10 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jaxninja import parity
-from jaxninja.check.verify import F32_FACTOR
 from jaxninja.parity.sides import jax_side, torch_side
 from jaxninja.parity.specs import cotangent, draw, flatten_inputs, is_float
 from jaxninja.parity.verdict import F64_FACTOR
+from jaxninja.parity.verdict import LOW_FACTOR as F32_FACTOR
 from tests import parity_pairs as PP
 
 JUDGES = ("parity", "assert_close", "atol 1e-5", "flash 2x")

@@ -4,7 +4,7 @@ A character-level MLP whose backward pass is written by hand, at the notebook's 
 (atomic, fused cross-entropy, fused BatchNorm), jitted, and checked against jax.grad and PyTorch.
 """
 
-from jaxninja.check.verify import Report, run_check
+from jaxninja.check.mlp import run_check
 from jaxninja.config import VERSION, ModelConfig
 from jaxninja.data import (
     Vocab,
@@ -31,6 +31,7 @@ from jaxninja.models.mlp import (
 )
 from jaxninja.models.mlp_autodiff import grads_autodiff
 from jaxninja.models.mlp_backward import backward_atomic, backward_fused, loss, loss_and_grads
+from jaxninja.parity.table import Report
 
 __all__ = [
     "GRAD_ORDER",

@@ -1,7 +1,7 @@
 """The manual backward of the whole model against jax.grad and torch_ref, at every grain.
 
-Tolerances are verify's (float64: maxdiff <= 1e-10 x the row's largest reference magnitude,
-1e-14 absolute for the rows that are zero in exact arithmetic; float32: the distance from a
+Tolerances are parity's (parity/verdict.py; float64: within 16x the row's own sensitivity to a
+few-ulp move of the inputs, + 1e-12 of the largest gradient; float32: the distance from a
 float64 truth within 16x float32 autodiff's own, + 4 ulps of the row's scale).
 """
 
@@ -11,18 +11,13 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxninja.check.verify import (
-    WAYS,
-    check_context,
-    compare,
-    gradient_sources,
-    run_check,
-    torch_available,
-)
+from jaxninja.check.mlp import WAYS, gradient_sources, rules, run_check, shapes_of
 from jaxninja.config import ModelConfig
 from jaxninja.data import build_dataset
 from jaxninja.models.mlp import PARAMS, Case, forward_chunked, forward_loss, make_case, to_device
 from jaxninja.models.mlp_backward import backward_atomic, loss, loss_and_grads
+from jaxninja.parity.named import judge_rows
+from jaxninja.parity.sides import check_context, torch_available
 
 HAS_TORCH = torch_available()
 # jitted, as training runs them (eager, each of their ops would compile on its own)
@@ -31,8 +26,8 @@ grad_loss = jax.jit(jax.grad(loss))
 
 def assert_all_ways(case: Case, dtype: str):
     with check_context(dtype):
-        sources, losses, shapes = gradient_sources(case, 1e-5, HAS_TORCH)
-    rows = compare(sources, shapes, dtype)
+        sources, losses, values = gradient_sources(case, 1e-5, HAS_TORCH)
+    rows = judge_rows(sources, rules(shapes_of(case, values[dtype])), dtype)
     bad = [(r["name"], w, r[w]) for r in rows for w in WAYS if r[w] and r[w]["verdict"] != "ok"]
     assert not bad, bad
     # the manual backward differs from jax.grad by rounding alone, never by a missing term

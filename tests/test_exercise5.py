@@ -18,8 +18,8 @@ import pytest
 from jaxninja import grade, load_module
 from jaxninja.cli import main
 from jaxninja.errors import UsageError
-from jaxninja.learn import grader_wavenet
 from jaxninja.learn.files import GRADE_COMMANDS, source
+from jaxninja.parity.sides import torch_available
 from tests.exercise_fill import fill_ex5
 
 MINE = (  # the rows the two functions write, in the backward's order
@@ -59,7 +59,7 @@ def test_the_solution_is_right_in_every_seat(folder, dtype):
     result = _grade(_filled(folder), dtype=dtype, with_torch=with_torch)
     assert result.ok and result.written == list(MINE), result.format()
     torch_ran = result.reports[0].skipped == []
-    assert torch_ran == (dtype == "float32" and grader_wavenet.torch_available())
+    assert torch_ran == (dtype == "float32" and torch_available())
     assert [(r.batch_size, r.seed, r.dtype) for r in result.reports] == [
         (32, 0, dtype),
         (5, 1, dtype),

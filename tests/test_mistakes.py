@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxninja.check.verify import format_table, run_check
+from jaxninja.check.mlp import run_check
 from jaxninja.config import ModelConfig
 from jaxninja.models import layers
 from jaxninja.models.mlp import make_case
 from jaxninja.models.mlp_backward import backward_atomic
+from jaxninja.parity.table import format_table
 from tests.mutate import mutate
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxninja import parity
-from jaxninja.check import stack
+from jaxninja.check import wavenet as wavenet_check
 from jaxninja.cli import main
 from jaxninja.config import model_config, training_config
 from jaxninja.data import load_splits
@@ -129,7 +129,7 @@ def _bn_backward_over_axis0(dout, cache):
 def test_check_names_where_the_axis0_batchnorm_mistake_enters(splits8, dtype):
     cfg = replace(model_config("wavenet", vocab_size=27), dtype=dtype)
     net = wavenet.with_backwards(wavenet.stack(cfg), bn=_bn_backward_over_axis0)
-    report = stack.run_check(cfg, *splits8.data["train"], with_torch=False, net=net)
+    report = wavenet_check.run_check(cfg, *splits8.data["train"], with_torch=False, net=net)
     first = report.first_failure()
     # bn3 sees (B, C), where axis 0 is right; bn2 sees (B, 2, C): its input's gradient is wrong
     assert not report.ok and first["name"] == "linear2", first

@@ -1,10 +1,10 @@
-"""Grade a learner's own backward: the checker (verify.py) with their function in the seat of
-exercise 1, 2 or 3; for exercise 5, the WaveNet's (grader_wavenet.py).
+"""Grade a learner's own backward: the MLP's check (check/mlp.py) with their function in the seat
+of exercise 1, 2 or 3; for exercise 5, the WaveNet's (grader_wavenet.py).
 
 `grade(fn, exercise)` runs `fn` on seeded cases (by default the notebook's batch of 32 and a
 batch of 5 of another seed, so a batch size written in by hand, or a fit to one input, fails) and
 compares what it returns with jax.grad, PyTorch autograd and the project's own backwards, row by
-row in the notebook's order, under verify's verdicts (shapes first; float32 judged against a
+row in the notebook's order, under parity's verdicts (shapes first; float64, then float32 against a
 float64 truth). `fn` is an argument, traced afresh on every call (a new jit each time), so an
 edited function is never graded by a stale compile; what it is compared against does not depend
 on it, and is computed once and kept (references.py). Running it is candidate.py's concern.
@@ -33,13 +33,16 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxninja.check import verify
+from jaxninja.check import mlp as mlp_check
 from jaxninja.config import check_batch_size, model_config
 from jaxninja.data import resolve_data_path
 from jaxninja.errors import UsageError
 from jaxninja.learn import candidate, grader_wavenet, references
 from jaxninja.learn.candidate import DEFAULT_TIMEOUT, load_function, load_module, run_once
 from jaxninja.models.mlp import GRAD_ORDER
+from jaxninja.parity.named import F64, judge_rows
+from jaxninja.parity.sides import check_context, torch_available
+from jaxninja.parity.table import Report, make_report, table_lines
 
 __all__ = ["EXERCISES", "Grade", "grade", "load_function", "load_module"]
 
@@ -70,7 +73,7 @@ GRADE_WAYS = {
 class Grade(NamedTuple):
     exercise: int
     function: str  # the function graded, as the learner named it
-    reports: list[verify.Report]  # one per case
+    reports: list[Report]  # one per case
     written: list[str]  # the rows the function returned, in the notebook's order
     hints: list[str | None]  # per case: what the first failure looks like, where we can tell
     notes: tuple[str, ...] = ()  # what the function's run showed beside the verdict (a print)
@@ -121,7 +124,7 @@ class Grade(NamedTuple):
         i = self.first_failing_case()
         shown = self.reports[0 if i is None else i]
         lines = [f"exercise {self.exercise}: {self.function}", EXERCISES[self.exercise].signature]
-        lines += verify.table_lines(shown, wide)
+        lines += table_lines(shown, wide)
         for k, report in enumerate(self.reports):
             if not report.ok:
                 state = f"wrong at {(report.first_failure() or {'name': 'the loss'})['name']}"
@@ -194,7 +197,7 @@ def grade(
     cfg = model_config(model, "check", vocab_size=2, dtype=dtype, **given)  # the sizes' checks
     sizes = references.Sizes(cfg.block_size, cfg.n_embd, cfg.n_hidden, dtype, model)
     if with_torch is None:
-        with_torch = grader_wavenet.torch_available() if exercise == 5 else verify.torch_available()
+        with_torch = torch_available()
     path = resolve_data_path(data)
     results = []
     for b, s in cases:
@@ -242,36 +245,44 @@ class _NotWritten(Exception):
 
 
 def _grade_case(fn, exercise, refs: references.References, timeout):
-    """(report, the rows written, a hint, notes) of one case against its references."""
+    """(report, the rows written, a hint, notes) of one case against its references: the
+    learner's function runs in float64 on the case upcast and in the dtype under test."""
     cfg, case = refs.cfg, refs.case
-    with verify.check_context(cfg.dtype):
-        p, values = jax.device_put(case.params), jax.device_put(refs.values)  # no compile
-        with candidate.watching(fn, exercise, timeout) as notes:
-            try:
-                yours = _run_candidate(fn, exercise, p, values, refs.sources, case)
-            except _NotWritten:
-                yours = {}
-    sources = {**refs.sources, "yours": jax.tree.map(np.asarray, yours)}
-    rows = EXERCISES[exercise].rows
-    rows_of = {**verify.ROWS_OF, "yours": tuple(yours)}
-    compared = verify.compare(sources, refs.shapes, cfg.dtype, GRADE_WAYS, rows, rows_of)
+    sources = dict(refs.sources)
+    with check_context(cfg.dtype), candidate.watching(fn, exercise, timeout) as notes:
+        try:
+            yours = _run_candidate(fn, exercise, case.params, refs.values[cfg.dtype], sources, case)
+            sources["yours"] = jax.tree.map(np.asarray, yours)
+            if cfg.dtype != "float64":
+                with jax.enable_x64(True):
+                    wide = mlp_check.upcast(case.params)
+                    yours64 = _run_candidate(
+                        fn, exercise, wide, refs.values["float64"], sources, case, F64
+                    )
+                sources["yours" + F64] = jax.tree.map(np.asarray, yours64)
+        except _NotWritten:
+            yours = sources["yours"] = sources["yours" + F64] = {}
+    rows_of = {**mlp_check.ROWS_OF, "yours": tuple(yours)}
+    rules = mlp_check.rules(refs.shapes, GRADE_WAYS, rows_of, EXERCISES[exercise].rows)
+    compared = judge_rows(sources, rules, cfg.dtype)
     for row in compared:
         row["written"] = row["name"] in yours
-    report = verify.make_report(
-        cfg.dtype, len(case.Yb), refs.seed, GRADE_WAYS, compared, refs.losses
-    )
-    return report, yours, _hint(report, sources, case.Xb, refs.values["bnraw"]), notes
+    report = make_report(cfg.dtype, len(case.Yb), refs.seed, GRADE_WAYS, compared, refs.losses)
+    bnraw = refs.values[cfg.dtype]["bnraw"]
+    return report, yours, _hint(report, sources, case.Xb, bnraw), notes
 
 
-def _run_candidate(fn, exercise, p, values, sources, case) -> dict[str, jax.Array]:
+def _run_candidate(fn, exercise, params, values, sources, case, run="") -> dict[str, jax.Array]:
     """The candidate's gradients by tensor name, traced afresh (a new jit wrapper each call).
-    Exercises 2 and 3 get the forward's tensors (and the fused backward's dhpreact) as inputs."""
+    Exercises 2 and 3 get the forward's tensors (and the fused backward's dhpreact) as inputs;
+    `run`: which of the sources' runs they come from ("" the dtype under test, or F64)."""
+    p, values = jax.device_put(params), jax.device_put(values)  # no compile
     if exercise == 1:
         return run_once(lambda q, v, x, y: _written(fn(q, v, x, y)), p, values, case.Xb, case.Yb)
     if exercise == 2:
         args = (values["logits"], case.Yb)
     else:
-        dhpreact = sources["fused"]["hpreact"]
+        dhpreact = jax.device_put(sources["fused" + run]["hpreact"])
         args = (dhpreact, p["bngain"], values["bnvar_inv"], values["bnraw"])
     out = run_once(lambda *a: _one_array(fn(*a), exercise), *args)
     return {EXERCISES[exercise].rows[0]: out}
@@ -312,7 +323,7 @@ def _written(out: Any) -> dict[str, Any]:
 # --- hints: what the catalogue's mistakes look like from outside ------------------------------
 
 
-def _hint(report: verify.Report, sources: dict, Xb: np.ndarray, bnraw: np.ndarray) -> str | None:
+def _hint(report: Report, sources: dict, Xb: np.ndarray, bnraw: np.ndarray) -> str | None:
     """A hint for the first failure of a case, where it looks like a known mistake."""
     first = report.first_failure()
     if first is None:
@@ -324,8 +335,8 @@ def _hint(report: verify.Report, sources: dict, Xb: np.ndarray, bnraw: np.ndarra
     if first["verdict"] != "wrong":
         return None
     yours = np.asarray(sources["yours"][name], np.float64)
-    ref = np.asarray(sources.get("truth", sources["jax.grad"])[name], np.float64)
-    if name in verify.EXACT_ZERO:
+    ref = np.asarray(sources.get("jax.grad" + F64, sources["jax.grad"])[name], np.float64)
+    if name in mlp_check.EXACT_ZERO:
         why = {
             "logit_maxes": "softmax is shift-invariant: subtracting the max cannot change the loss",
             "b1": "BatchNorm subtracts the batch mean, so b1 cannot change the loss",

@@ -5,7 +5,7 @@ Their two functions (`flatten_consecutive_backward(dout, n) -> dx` and
 `batchnorm_backward(dout, bnraw, bnvar_inv, gamma) -> (dx, dgamma, dbeta)`) stand in for
 jaxninja's in every layer of their kind (the stack's `with_backwards`, here one seat per layer,
 so each output is named by its row). The stack's backward then runs on the check's case, and
-its rows are compared as `jaxninja check --model wavenet` compares them (stack.py): with
+its rows are compared as `jaxninja check --model wavenet` compares them (check/wavenet.py): with
 jax.grad, PyTorch autograd, the stack's own backward and each layer's jax.vjp fed the same
 gradient of its output. A learner's rows are the gradients their functions return: the dx of
 every FlattenConsecutive and BatchNorm (each named as the stack names it, by the layer whose
@@ -22,19 +22,22 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from jaxninja.check import stack, verify
+from jaxninja.check import wavenet as wavenet_check
+from jaxninja.check.mlp import upcast
 from jaxninja.config import WAVENET_FLATTEN, ModelConfig
 from jaxninja.errors import UsageError
 from jaxninja.learn import candidate, references
 from jaxninja.models import wavenet
 from jaxninja.models.layers import Layer
+from jaxninja.parity.named import F64, judge_rows
+from jaxninja.parity.sides import check_context
+from jaxninja.parity.table import Report, make_report
 
 # the layers' kinds (as wavenet.with_backwards names them) -> the learner's function, its arity
 FUNCTIONS = {"flatten": ("flatten_consecutive_backward", 2), "bn": ("batchnorm_backward", 4)}
@@ -74,12 +77,6 @@ def seats(cfg: ModelConfig) -> dict[str, Seat]:
         if _kind(layer) in FUNCTIONS:
             found[below.name] = Seat(layer.name, _kind(layer), "dx")  # dx: the layer below's out
     return {row: found[row] for row in wavenet.grad_order(cfg) if row in found}
-
-
-def torch_available() -> bool:
-    """PyTorch, and torch_ref's port of part 5's layers (looked for, not imported: that is slow)."""
-    spec = find_spec("torch_ref") if verify.torch_available() else None
-    return bool(spec and spec.origin and (Path(spec.origin).parent / "wavenet.py").is_file())
 
 
 def functions(given: Any) -> dict[str, Callable]:
@@ -176,30 +173,45 @@ def _candidate_run(cfg: ModelConfig, fns: dict[str, Callable]) -> Callable:
         seen, inputs = {}, {}
         net = _seated(cfg, fns, seen, inputs)
         loss, flow, _ = wavenet.loss_and_grads(cfg, net=net)(params, Xb, Yb)
-        vjps = stack.layer_vjps(cfg, params, Xb, Yb, flow)
+        vjps = wavenet_check.layer_vjps(cfg, params, Xb, Yb, flow)
         return loss, flow, seen, vjps, inputs
 
     return run
 
 
-def grade_case(fns: dict[str, Callable], refs: references.References, timeout: float | None):
-    """(report, the rows written, a hint, notes) of one case, as grader._grade_case."""
-    cfg, case = refs.cfg, refs.case
-    with verify.check_context(cfg.dtype):
-        p = jax.device_put(case.params)
-        with candidate.watching(fns["bn"], 5, timeout) as notes:
-            run = _candidate_run(cfg, fns)
-            loss, flow, seen, vjps, inputs = candidate.run_once(run, p, case.Xb, case.Yb)
+def _yours(cfg: ModelConfig, fns: dict[str, Callable], params: dict[str, np.ndarray], case):
+    """The learner's stack run once in cfg's dtype: (loss, rows by name, layer vjps, inputs)."""
+    run = _candidate_run(cfg, fns)
+    loss, flow, seen, vjps, inputs = candidate.run_once(
+        run, jax.device_put(params), case.Xb, case.Yb
+    )
     flow, seen, vjps, inputs = jax.tree.map(np.asarray, (flow, seen, vjps, inputs))
+    return float(loss), {**flow, **seen}, seen, vjps, inputs
+
+
+def grade_case(fns: dict[str, Callable], refs: references.References, timeout: float | None):
+    """(report, the rows written, a hint, notes) of one case, as grader._grade_case: the
+    learner's stack runs in float64 on the case upcast and in the dtype under test."""
+    cfg, case = refs.cfg, refs.case
+    with check_context(cfg.dtype), candidate.watching(fns["bn"], 5, timeout) as notes:
+        loss, yours, seen, vjps, inputs = _yours(cfg, fns, case.params, case)
+        sources = {**refs.sources, "yours": yours, "layer vjp": vjps}
+        if cfg.dtype != "float64":
+            with jax.enable_x64(True):
+                cfg64 = ModelConfig(**{**cfg.__dict__, "dtype": "float64"})
+                _, yours64, _, vjps64, _ = _yours(cfg64, fns, upcast(case.params), case)
+            sources |= {"yours" + F64: yours64, "layer vjp" + F64: vjps64}
     mine, order = seats(cfg), wavenet.grad_order(cfg)
     blank = {row for row in mine if row not in seen}
-    sources = {**refs.sources, "yours": {**flow, **seen}, "layer vjp": vjps}
-    rows_of = {s: order for s in sources} | {"yours": [r for r in order if r not in blank]}
-    compared = verify.compare(sources, refs.shapes, cfg.dtype, WAYS, order, rows_of)
+    rows_of = {"yours": [r for r in order if r not in blank]}
+    sticks = [s for s in wavenet_check.SOURCES if s in sources]
+    rules = wavenet_check.rules(cfg, len(case.Yb), WAYS, [*sticks, "yours"])
+    rules = rules._replace(rows_of={**rules.rows_of, **rows_of})
+    compared = judge_rows(sources, rules, cfg.dtype)
     for row in compared:
         row["written"] = row["name"] not in blank
-    losses = {**refs.losses, "yours": float(loss)}
-    report = verify.make_report(cfg.dtype, len(case.Yb), refs.seed, WAYS, compared, losses)
+    losses = {**refs.losses, "yours": loss}
+    report = make_report(cfg.dtype, len(case.Yb), refs.seed, WAYS, compared, losses)
     return report, seen, _hint(report, sources, refs, inputs), notes
 
 
@@ -213,7 +225,7 @@ def _squeezed(layer: str, dout_shape: tuple, x_shape: tuple) -> str:
     )
 
 
-def _hint(report: verify.Report, sources: dict, refs: references.References, inputs: dict):
+def _hint(report: Report, sources: dict, refs: references.References, inputs: dict):
     """A hint for the first failure of a case, where it is one of the learner's rows and looks
     like a known mistake."""
     first = report.first_failure()
@@ -228,7 +240,7 @@ def _hint(report: verify.Report, sources: dict, refs: references.References, inp
         return _shape_hint(seat, name, refs.shapes[name], yours.shape, x_shape, out_shape)
     if first["verdict"] != "wrong":
         return None
-    ref = np.asarray(sources.get("truth", sources["jax.grad"])[name], np.float64)
+    ref = np.asarray(sources.get("jax.grad" + F64, sources["jax.grad"])[name], np.float64)
     if seat.kind == "flatten":
         return _reshape_hint(seat, name, yours, ref, x_shape)
     if seat.output == "dx":

@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxninja.check.verify import torch_available
 from jaxninja.errors import UsageError
 from jaxninja.parity.report import Report
-from jaxninja.parity.sides import jax_side, torch_side
+from jaxninja.parity.sides import jax_side, torch_available, torch_side
 from jaxninja.parity.specs import DTYPES, cotangent, draw, flatten_inputs, is_float, perturb
 from jaxninja.parity.verdict import scale, way_rows
 

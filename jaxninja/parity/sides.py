@@ -10,6 +10,7 @@ A function that cannot be traced (Python control flow on values) is named, as ba
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import traceback
@@ -22,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxninja.check.verify import check_context
 from jaxninja.errors import UsageError
 from jaxninja.parity.specs import is_float
 from jaxninja.parity.taps import JaxTaps, TorchTaps, recording
@@ -169,6 +169,23 @@ def _grad_leaves(d: Any, treedef: Any) -> list:
         raise UsageError(
             f"backward's (dparams, dargs) do not match (params, args): {first}"
         ) from None
+
+
+def torch_available() -> bool:
+    """PyTorch is installed (looked for, not imported: that is slow)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def check_context(dtype: str) -> ExitStack:
+    """What every check runs under: full float32 matmuls (a GPU's TF32 would break parity), x64
+    only for float64, and rank promotion allowed, so a `(64,)` where `(1, 64)` belongs reaches
+    the table as a shape error instead of raising inside the backward."""
+    stack = ExitStack()
+    stack.enter_context(jax.default_matmul_precision("highest"))
+    stack.enter_context(jax.numpy_rank_promotion("allow"))
+    if dtype == "float64":
+        stack.enter_context(jax.enable_x64(True))
+    return stack
 
 
 def _jax_context(dtype: str) -> ExitStack:

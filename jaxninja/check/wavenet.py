@@ -2,14 +2,14 @@
 
 On one seeded case (the lecture's initialisation with gamma, beta and the bias moved off 1 and
 0, so a gradient forgotten cannot pass) the stack's backward is compared, row by row, with:
-  (1) jax.grad of the stack's forward (each layer's output tapped, as autodiff.py does);
+  (1) jax.grad of the stack's forward (each layer's output tapped, as mlp_autodiff.py does);
   (2) PyTorch autograd on torch_ref's port of the lecture's layer classes;
   (3) each layer's own jax.vjp, fed the backward's own gradient of that layer's output: a
       layer whose backward is wrong fails at its own rows, whatever the layers after it do;
       and jax.grad against PyTorch autograd.
-A row per layer output and parameter gradient, in the order the backward makes them (the
-notebook's cmp order: `linear4`, `linear4.weight`, ..., `embedding.weight`), judged with
-verify.py's verdicts (shapes first; float32 against a float64 truth, calibrated on autodiff).
+A row per layer output and parameter gradient, in the order the backward makes them (`linear4`,
+`linear4.weight`, ..., `embedding.weight`), each source run in float64 and in the dtype under
+test and judged by parity's rule (parity/named.py), as the MLP's check is.
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ from functools import partial
 import jax
 import numpy as np
 
-from jaxninja.check import verify
+from jaxninja.check.mlp import upcast
 from jaxninja.config import ModelConfig
 from jaxninja.models import layers, wavenet
 from jaxninja.models.mlp import Case, make_case, to_device
+from jaxninja.parity.named import F64, MOVED, Rules, judge_rows, moved_cotangent, moved_inputs
+from jaxninja.parity.sides import check_context, torch_available
+from jaxninja.parity.table import Report, make_report
 
 WAYS = {
     "jax.grad": ("manual", "jax.grad"),
@@ -30,6 +33,13 @@ WAYS = {
     "layer vjp": ("manual", "layer vjp"),
     "grad~torch": ("jax.grad", "torch autograd"),
 }
+SOURCES = ("manual", "jax.grad", "layer vjp", "torch autograd")
+
+
+def rules(cfg: ModelConfig, batch_size: int, ways=WAYS, sources=SOURCES) -> Rules:
+    order = wavenet.grad_order(cfg)
+    shapes = {**wavenet.output_shapes(cfg, batch_size), **wavenet.param_shapes(cfg)}
+    return Rules(ways, order, shapes, dict.fromkeys(sources, order))
 
 
 def layer_vjps(cfg: ModelConfig, params, Xb, Yb, manual: dict[str, jax.Array]) -> dict:
@@ -71,28 +81,38 @@ def _jax_sources(cfg: ModelConfig, net: tuple[layers.Layer, ...] | None, params,
 _grads_autodiff = jax.jit(wavenet.grads_autodiff, static_argnums=0)
 
 
-def gradient_sources(
-    cfg: ModelConfig, case: Case, with_torch: bool, net: tuple[layers.Layer, ...] | None = None
-) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float], dict[str, tuple[int, ...]]]:
-    """Every source's gradients as numpy dicts by row name, the losses, and each row's shape.
-    `net`: the stack whose backward is checked (wavenet.with_backwards: other code in a layer's
-    seat); the references use the model's own. A float32 case also gets the float64 truth
-    (jax.grad on the inputs upcast)."""
-    p = to_device(case.params)
-    loss, sources = _jax_sources(cfg, net, p, case.Xb, case.Yb)
+def _in(cfg: ModelConfig, dtype: str) -> ModelConfig:
+    return ModelConfig(**{**cfg.__dict__, "dtype": dtype})
+
+
+def run_sources(cfg: ModelConfig, params, Xb, Yb, with_torch: bool, net=None):
+    """Every source's rows in cfg's dtype (numpy), and the losses; `net`: the stack whose
+    backward is checked (wavenet.with_backwards: other code in a layer's seat)."""
+    loss, sources = _jax_sources(cfg, net, to_device(params), Xb, Yb)
     losses = {"stack": float(loss)}
-    if cfg.dtype == "float32":
-        wide = {k: np.asarray(v, np.float64) for k, v in case.params.items()}
-        with jax.enable_x64(True):
-            cfg64 = ModelConfig(**{**cfg.__dict__, "dtype": "float64"})
-            truth = _grads_autodiff(cfg64, to_device(wide), case.Xb, case.Yb)
-            sources["truth"] = jax.tree.map(np.asarray, truth)
     if with_torch:
         import torch_ref
 
-        losses["torch"], sources["torch autograd"] = torch_ref.wavenet.autograd(*case, eps=cfg.eps)
-    shapes = {**wavenet.output_shapes(cfg, len(case.Xb)), **wavenet.param_shapes(cfg)}
-    return jax.tree.map(np.asarray, sources), losses, shapes
+        losses["torch"], sources["torch autograd"] = torch_ref.wavenet.autograd(
+            params, Xb, Yb, eps=cfg.eps
+        )
+    return jax.tree.map(np.asarray, sources), losses
+
+
+def gradient_sources(
+    cfg: ModelConfig, case: Case, with_torch: bool, net: tuple[layers.Layer, ...] | None = None
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
+    """The engine's flat sources (named.py) and the losses in the case's dtype; the references
+    use the model's own stack, `net` the one checked."""
+    sources, losses = run_sources(cfg, case.params, case.Xb, case.Yb, with_torch, net)
+    with jax.enable_x64(True):
+        cfg64 = _in(cfg, "float64")
+        if cfg.dtype != "float64":
+            wide, _ = run_sources(cfg64, upcast(case.params), case.Xb, case.Yb, with_torch, net)
+            sources |= {s + F64: g for s, g in wide.items()}
+        moved = _grads_autodiff(cfg64, to_device(moved_inputs(case.params, 0)), case.Xb, case.Yb)
+        sources[MOVED] = {k: np.asarray(v) * moved_cotangent(0) for k, v in moved.items()}
+    return sources, losses
 
 
 def run_check(
@@ -103,15 +123,13 @@ def run_check(
     seed: int = 0,
     with_torch: bool | None = None,
     net: tuple[layers.Layer, ...] | None = None,
-) -> verify.Report:
-    """Build the seeded case from (X, Y) and compare every way on it (verify's Report); `net`
-    as in `gradient_sources`."""
+) -> Report:
+    """Build the seeded case from (X, Y) and compare every way on it; `net` as in
+    `gradient_sources`."""
     if with_torch is None:
-        with_torch = verify.torch_available()
+        with_torch = torch_available()
     case = make_case(cfg, X, Y, batch_size, seed, init=wavenet.check_params)
-    with verify.check_context(cfg.dtype):
-        sources, losses, shapes = gradient_sources(cfg, case, with_torch, net)
-    order = wavenet.grad_order(cfg)
-    rows_of = {s: order for s in ("manual", "jax.grad", "layer vjp", "torch autograd")}
-    rows = verify.compare(sources, shapes, cfg.dtype, WAYS, order, rows_of)
-    return verify.make_report(cfg.dtype, batch_size, seed, WAYS, rows, losses, cfg.model)
+    with check_context(cfg.dtype):
+        sources, losses = gradient_sources(cfg, case, with_torch, net)
+    rows = judge_rows(sources, rules(cfg, batch_size), cfg.dtype)
+    return make_report(cfg.dtype, batch_size, seed, WAYS, rows, losses, cfg.model)
