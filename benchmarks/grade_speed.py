@@ -40,7 +40,8 @@ def filled_folder(where: Path) -> dict[int, str]:
     specs = {1: f"{filled_ex1(where, (where / 'ex1_backward.py').read_text())}:backward"}
     for exercise, (name, (answer, helper)) in enumerate(ANSWERS.items(), start=2):
         text = (where / name).read_text().replace("= ...  # TODO", f"= {answer}")
-        text = text.replace("import jax\n", f"import jax\nfrom jaxninja.backward import {helper}\n")
+        helper_import = f"from jaxninja.models.mlp_backward import {helper}"
+        text = text.replace("import jax\n", f"import jax\n{helper_import}\n")
         (where / name).write_text(text)
         specs[exercise] = f"{where / name}:{GRADE_COMMANDS[name].split(':')[1].split()[0]}"
     return specs

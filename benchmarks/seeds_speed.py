@@ -2,7 +2,7 @@
 
     python benchmarks/seeds_speed.py [--seeds 32] [--steps 10000] [--repeats 3] [--json F]
 
-At the notebook's sizes (n_hidden 200, batch 32), in one process, through `jaxninja.train`
+At the notebook's sizes (n_hidden 200, batch 32), in one process, through `jaxninja.training.loop`
 (compilation excluded, as its train_seconds reports), in µs per model-step:
   (a) one seed at a time, the plain single-model loop (a few seeds stand for all 32: their
       steps cost the same, and they share one compiled program),

@@ -120,7 +120,7 @@ def test_exercises_2_and_3_right_and_unfilled(folder):
         helper = answer.split("(", 1)[0]
         filled = path.read_text().replace("= ...  # TODO", f"= {answer}")
         filled = filled.replace(
-            "import jax\n", f"import jax\nfrom jaxninja.backward import {helper}\n"
+            "import jax\n", f"import jax\nfrom jaxninja.models.mlp_backward import {helper}\n"
         )
         (folder / f"filled_{name}").write_text(filled)
         right = grade(load_function(f"{folder / f'filled_{name}'}:{fn_name}")[0], exercise)

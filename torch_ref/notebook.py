@@ -2,7 +2,7 @@
 
 `autograd` is the chunked forward with `retain_grad` on every intermediate and `loss.backward()`;
 `manual_backward` is exercise 1, `fused_backward` exercises 2 and 3, `cmp_table` the notebook's
-`cmp`. Inputs are numpy (the shared seeded case of jaxninja.model.make_case), outputs numpy
+`cmp`. Inputs are numpy (the shared seeded case of jaxninja.models.mlp.make_case), outputs numpy
 arrays keyed by the notebook's names. One departure: dC is a vectorized `index_add_`, not the
 notebook's double Python loop; it adds the same rows in the same order.
 """
@@ -231,7 +231,7 @@ def train_loop(
     """The notebook's exercise-4 loop on given batches: indices (steps, B) into (X, Y).
 
     Returns every step's loss and the final parameters. With jaxninja's initial parameters and
-    batch indices (jaxninja.train.batch_indices) it replays a jaxninja run step for step.
+    batch indices (jaxninja.training.loop.batch_indices) it replays a jaxninja run step for step.
     """
     p, X, Y = _tensors(params, X, Y)
     ix = torch.tensor(np.asarray(indices), dtype=torch.long)

@@ -264,7 +264,8 @@ print(jn.grade(cross_entropy_backward, exercise=2, name=spec).format())
 # probability. Training is this tug of war: a wrong confident guess gets pushed hardest.
 
 # %%
-dlogits = jn.backward.dlogits_fused(v["logits"], Yb) * n  # times n: one example's gradient
+# times n: one example's gradient
+dlogits = jn.models.mlp_backward.dlogits_fused(v["logits"], Yb) * n
 print("row sums (zero up to rounding):", float(jnp.abs(dlogits.sum(1)).max()))
 plt.figure(figsize=(6, 6))
 plt.imshow(np.asarray(dlogits), cmap="gray")

@@ -21,7 +21,7 @@
 # `loss.backward()`. Here, as in part 4, we write it by hand.
 #
 # jaxninja builds the same network from layers that each come with their own backward
-# (`jaxninja.layers`). This notebook walks through that stack, and through exercise 5: the
+# (`jaxninja.models.layers`). This notebook walks through that stack, and through exercise 5: the
 # backward of the two new layers, in `ex5_wavenet.py` next to this notebook. Fill its
 # `...  # TODO` lines in your editor, save, and re-run the grading cell below; from a shell,
 # `jaxninja check --candidate ex5_wavenet.py --exercise 5` grades the same file.
