@@ -1,7 +1,10 @@
-"""jaxninja: makemore part 4 ("becoming a backprop ninja") in JAX.
+"""jaxninja: Karpathy's makemore lectures in JAX, every backward pass written by hand.
 
-A character-level MLP whose backward pass is written by hand, at the notebook's three grains
-(atomic, fused cross-entropy, fused BatchNorm), jitted, and checked against jax.grad and PyTorch.
+The public API: part 4's MLP at the notebook's three grains (atomic, fused cross-entropy, fused
+BatchNorm) and its check (`run_check`); the grader of a learner's function (`grade`,
+`load_function`, `load_module`); `jaxninja.parity`, the verdict for any JAX and PyTorch pair.
+The models, the training loop and the checks live in the subpackages (models/, training/,
+check/, learn/, parity/).
 """
 
 from jaxninja.check.mlp import run_check
