@@ -1,4 +1,5 @@
-"""The command line: flags mapped explicitly onto the configs, then calls into the package.
+"""The command line: flags (the table in cli_flags.py) mapped explicitly onto the configs, then
+calls into the package.
 
 Nothing else in jaxninja parses arguments. A `UsageError` anywhere below becomes one line on
 stderr and exit code 2; argparse's own errors are folded into the same one-line form.
@@ -14,68 +15,10 @@ from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-from jaxninja.config import (
-    DEFAULT_LR,
-    DEFAULT_TIMEOUT,
-    MODELS,
-    OPTIMIZERS,
-    SCHEDULES,
-    TrainConfig,
-    model_config,
-    training_config,
-)
+from jaxninja.cli_flags import MODEL_FLAGS, build_parser
+from jaxninja.config import model_config, training_config
 from jaxninja.errors import Interrupted, LostProcess, UsageError
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _int_at_least(minimum: int):
-    """An argparse type: an integer >= minimum, else argparse's one-line error."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_nonnegative_int = _int_at_least(0)
-
-
-def _env_int(name: str) -> int | None:
-    """An integer from the environment, for a flag's default; a bad value is a one-line error."""
-    text = os.environ.get(name)
-    if text is None:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(f"${name} must be an integer, got {text!r}") from None
-
-
-def _add_data_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data",
-        default=None,
-        help="words file, one word per line (default: $JAXNINJA_DATA, else data/names.txt, "
-        "downloaded if missing)",
-    )
-
-
-MODEL_FLAGS = {
-    "block_size": "context length",
-    "n_embd": "embedding size",
-    "n_hidden": "hidden units",
-}
 # what each model's run ends at in its lecture, beside jaxninja's split losses
 LECTURE = {
     "mlp": "the notebook: train 2.0719, val 2.1162 (calibrated BatchNorm)",
@@ -83,224 +26,9 @@ LECTURE = {
 }
 
 
-def _add_model_choice(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument(
-        "--model",
-        choices=MODELS,
-        default=None,
-        help=f"{what}: mlp (part 4, the default) or wavenet (part 5)",
-    )
-
-
-def _add_model_flags(
-    p: argparse.ArgumentParser, use: str, names: tuple[str, ...] = tuple(MODEL_FLAGS)
-) -> None:
-    """The model's size flags, their help read off each model's defaults for `use` ("check" or
-    "train"). A flag left out is None: the model's default, or the checkpoint's on --resume."""
-    for name in names:
-        shown = "; ".join(f"{m} {getattr(model_config(m, use), name)}" for m in MODELS)
-        p.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=_positive_int,
-            default=None,
-            help=f"{MODEL_FLAGS[name]} ({shown})",
-        )
-
-
 def _sizes(args: argparse.Namespace, names: tuple[str, ...] = tuple(MODEL_FLAGS)) -> dict:
     """The size flags given (not None)."""
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="jaxninja",
-        description="makemore part 4 in JAX: a hand-written backward, checked three ways.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("data", help="show the data set's vocabulary and splits, or download it")
-    p.add_argument(
-        "action",
-        nargs="?",
-        choices=("show", "download"),
-        default="show",
-        help="show (default): vocabulary and split sizes; download: fetch names.txt",
-    )
-    _add_data_flag(p)
-    _add_model_flags(p, "check", names=("block_size",))
-    p.add_argument("--url", default=None, help="download from this address instead")
-    p.add_argument("--force", action="store_true", help="download even if the file exists")
-
-    p = sub.add_parser(
-        "check",
-        help="verify the manual backward three ways; print the cmp table",
-        epilog="exit codes: 0 every row right; 1 a row is wrong; 2 bad input (one line says "
-        "what); 3, with --candidate, nothing written yet (every gradient still `...`)",
-    )
-    _add_data_flag(p)
-    _add_model_choice(p, "the model whose backward is checked")
-    _add_model_flags(p, "check")
-    p.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        help="batch size (32; with --candidate: 32 and 5, unless given)",
-    )
-    p.add_argument(
-        "--seed",
-        type=_nonnegative_int,
-        help="seed of the parameters and batch (0; with --candidate: 0 and 1, unless given)",
-    )
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--json", action="store_true", help="print the table as JSON")
-    p.add_argument(
-        "--wide",
-        "--all-ways",
-        action="store_true",
-        help="a column for every way (five), with error/bound, instead of the three ways",
-    )
-    p.add_argument(
-        "--candidate",
-        metavar="PATH.py:FUNCTION",
-        help="grade your own function (also module:function) instead of jaxninja's backward; "
-        "for exercise 5 the file alone, PATH.py (or module): both its functions are graded",
-    )
-    p.add_argument(
-        "--exercise",
-        type=int,
-        choices=(1, 2, 3, 4, 5),
-        help="the exercise --candidate answers: 1 fn(params, v, Xb, Yb) -> dict, "
-        "2 fn(logits, Yb) -> dlogits, 3 fn(dhpreact, bngain, bnvar_inv, bnraw) -> dhprebn; "
-        "5 (part 5, the WaveNet) flatten_consecutive_backward(dout, n) -> dx and "
-        "batchnorm_backward(dout, bnraw, bnvar_inv, gamma) -> (dx, dgamma, dbeta), graded in "
-        "the WaveNet's stack at its sizes (exercise 4 is train --backward)",
-    )
-    p.add_argument(
-        "--timeout",
-        type=_positive_float,
-        default=DEFAULT_TIMEOUT,
-        help=f"seconds --candidate may run on a case, tracing included ({DEFAULT_TIMEOUT:g})",
-    )
-
-    # train: every default None here means "TrainConfig's default, or the checkpoint's on --resume"
-    p = sub.add_parser("train", help="train on the manual gradients (exercise 4), then evaluate")
-    _add_data_flag(p)
-    lrs = ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
-    for flag, kind, what in (
-        ("steps", _positive_int, "training steps"),
-        ("batch_size", _positive_int, "batch size"),
-        ("lr", _positive_float, f"initial learning rate ({lrs})"),
-        ("lr_decay_step", _nonnegative_int, "the step from which the rate is lr * lr-decay"),
-        ("lr_decay", _positive_float, "factor of the decay"),
-        ("seed", _nonnegative_int, "initialisation and batches"),
-        ("checkpoint_every", _positive_int, "steps between checkpoints"),
-        ("bn_momentum", _positive_float, "of BatchNorm's running statistics"),
-    ):
-        default = getattr(TrainConfig, flag)
-        shown = "" if default is None else f" ({default}"
-        if shown and any(flag in s for s in SCHEDULES.values()):
-            shown += "".join(f"; {m} {s[flag]}" for m, s in SCHEDULES.items() if flag in s)
-        shown += ")" if shown else ""
-        p.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"{what}{shown}")
-    p.add_argument(
-        "--optimizer",
-        choices=OPTIMIZERS,
-        help=f"sgd (the notebook's) or adam ({TrainConfig.optimizer})",
-    )
-    _add_model_choice(p, "the model to train (its lecture's sizes and schedule by default)")
-    _add_model_flags(p, "train")
-    p.add_argument("--out", default="out", help="run directory for checkpoints and plot (out)")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="CHECKPOINT",
-        help="continue the run in --out from its latest checkpoint, or from CHECKPOINT "
-        "(a .safetensors file, such as out/ckpt-0050000.safetensors)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--backward",
-        metavar="PATH.py:FUNCTION",
-        help="train on your exercise-1 function fn(params, v, Xb, Yb) -> dict (also "
-        "module:function), graded first and refused if wrong",
-    )
-    g = p.add_argument_group("scaling out (see the README's 'Scaling out')")
-    g.add_argument(
-        "--seeds",
-        type=_positive_int,
-        default=1,
-        help="train this many models at once, seeds --seed, --seed + 1, ... (1)",
-    )
-    g.add_argument(
-        "--devices",
-        type=_positive_int,
-        help="devices to use: one model's batch is split over them, or --seeds' models "
-        "(default: 1 for one model; for --seeds, as many as divide the seeds, of one device "
-        "per CPU core or the GPUs)",
-    )
-    g.add_argument(
-        "--coordinator",
-        default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
-        help="HOST:PORT of process 0 in a multi-process run ($JAX_COORDINATOR_ADDRESS)",
-    )
-    g.add_argument(
-        "--num-processes",
-        type=_positive_int,
-        default=_env_int("JAX_NUM_PROCESSES"),
-        help="processes in the run ($JAX_NUM_PROCESSES)",
-    )
-    g.add_argument(
-        "--process-id",
-        type=_nonnegative_int,
-        default=_env_int("JAX_PROCESS_ID"),
-        help="this process, 0 .. num-processes - 1 ($JAX_PROCESS_ID)",
-    )
-    g.add_argument(
-        "--init-timeout",
-        type=_positive_int,
-        default=60,
-        help="seconds to wait for the coordinator and the other processes (60)",
-    )
-    g.add_argument(
-        "--heartbeat-timeout",
-        type=_positive_int,
-        default=100,
-        help="seconds without a sign of life from a process before the run gives it up as lost "
-        "and stops (100, JAX's default)",
-    )
-
-    p = sub.add_parser(
-        "exercises", help="write the exercise files and the walkthrough notebooks into a folder"
-    )
-    p.add_argument(
-        "folder", help="where to write them (made if missing; a file already there is kept)"
-    )
-
-    for name, what in (("sample", "sample names"), ("eval", "split losses")):
-        p = sub.add_parser(name, help=f"{what} of a trained checkpoint")
-        p.add_argument(
-            "--checkpoint", required=True, help="a .safetensors checkpoint, or a run directory"
-        )
-        _add_model_choice(p, "the model the checkpoint must be (refused if not; default: any)")
-        if name == "sample":
-            p.add_argument("-n", type=_positive_int, default=20, help="how many names (20)")
-            p.add_argument("--temperature", type=_positive_float, default=1.0, help="(1.0)")
-            p.add_argument("--seed", type=_nonnegative_int, default=0, help="(0)")
-        else:
-            _add_data_flag(p)
-    return parser
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -327,8 +55,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from jaxninja import data
-    from jaxninja.check import stack, verify
+    from jaxninja.check import mlp, wavenet
     from jaxninja.config import check_batch_size
+    from jaxninja.parity.table import format_table
 
     if args.candidate or args.exercise:
         return _grade(args)
@@ -339,9 +68,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     path = data.resolve_data_path(args.data)
     splits = data.load_splits(path, cfg.block_size)
     cfg = replace(cfg, vocab_size=splits.vocab.size)
-    check = verify.run_check if cfg.model == "mlp" else stack.run_check
+    check = mlp.run_check if cfg.model == "mlp" else wavenet.run_check
     report = check(cfg, *splits.data["train"], batch_size=args.batch_size, seed=args.seed)
-    print(report.to_json() if args.json else verify.format_table(report, wide=args.wide))
+    print(report.to_json() if args.json else format_table(report, wide=args.wide))
     return 0 if report.ok else 1
 
 
@@ -419,55 +148,58 @@ def _train_configs(args: argparse.Namespace, vocab_size: int, resume):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """What can fail in one process alone is checked before the processes join, so one bad
-    process never leaves the others waiting: the data, the configs (a --resume checkpoint read
-    whole), and, in the process that writes, the run directory's lock."""
+    """Whatever refuses the run is asked before anything is said about it, and what can fail in
+    one process alone before the processes join, so one bad process never leaves the others
+    waiting: the data, the configs (a --resume checkpoint read whole), the run directory (its
+    checkpoints and files; in the process that writes, its lock). Then the devices."""
     from jaxninja import data
     from jaxninja.models import registry
-    from jaxninja.training import checkpoint
-    from jaxninja.training.loop import refuse_backward, refuse_foreign_files
+    from jaxninja.training import checkpoint, preflight
 
     path = data.resolve_data_path(args.data)
     words = data.read_words(path)
-    vocab = data.Vocab.from_words(words)
     chosen = None if args.resume is True else args.resume
     resume = checkpoint.load_run(args.out, args.seeds, chosen) if args.resume else None
-    model_cfg, train_cfg = _train_configs(args, vocab.size, resume)
+    model_cfg, train_cfg = _train_configs(args, data.Vocab.from_words(words).size, resume)
     registry.of(model_cfg).check_fits(model_cfg)
-    if args.backward:
-        refuse_backward(model_cfg)
-    refuse_foreign_files(args.out, train_cfg, args.seeds)
+    splits = data.splits_from_words(words, model_cfg.block_size)
+    preflight.refuse_run(
+        model_cfg, train_cfg, splits.data["train"], splits.vocab, args.out, args.seeds, resume,
+        backward=bool(args.backward),
+    )  # fmt: skip
+    preflight.refuse_foreign_files(args.out, train_cfg, args.seeds)
     writes = args.process_id in (None, 0)
     with checkpoint.hold_run_dir(args.out) if writes else nullcontext():
-        _run_plan(args).start()
-        return _train_and_report(args, path, words, vocab, model_cfg, train_cfg, resume)
+        where = _run_plan(args)
+        where.start()
+        preflight.run_mesh(where, train_cfg, backward=bool(args.backward))
+        return _train_and_report(args, path, splits, model_cfg, train_cfg, resume)
 
 
-def _train_and_report(args, path, words, vocab, model_cfg, train_cfg, resume) -> int:
-    from jaxninja import data
+def _train_and_report(args, path, splits, model_cfg, train_cfg, resume) -> int:
     from jaxninja.training import parallel
-    from jaxninja.training.loop import reporting, train
+    from jaxninja.training.loop import train
+    from jaxninja.training.signals import reporting
 
     main = parallel.is_main_process()
     say = print if main else (lambda *_: None)
-    splits = data.splits_from_words(words, model_cfg.block_size)
     backward = _graded_backward(args.backward, model_cfg, path) if args.backward else None
     many = f"{args.seeds} models of " if args.seeds > 1 else ""
     say(f"training {many}{train_cfg.steps} steps of {train_cfg.optimizer} on {path}: {model_cfg}")
     result = train(
-        model_cfg, train_cfg, splits.data["train"], vocab, args.out, seeds=args.seeds,
+        model_cfg, train_cfg, splits.data["train"], splits.vocab, args.out, seeds=args.seeds,
         devices=args.devices, resume=resume or False, progress=not args.no_progress and main,
         log=say, backward=backward,
     )  # fmt: skip
     with reporting(result, args.out):
-        return _report(args, result, splits, vocab, say)
+        return _report(args, result, splits, say)
 
 
-def _report(args, result, splits, vocab, say) -> int:
+def _report(args, result, splits, say) -> int:
     """A finished run: its speed, then (process 0) its split losses and samples."""
     from jaxninja.models import registry
     from jaxninja.training import parallel
-    from jaxninja.training.loop import PLOT
+    from jaxninja.training.plot import PLOT
     from jaxninja.training.sample import sample_names
 
     if result.steps_run:
@@ -486,7 +218,8 @@ def _report(args, result, splits, vocab, say) -> int:
     ckpt = result.checkpoint
     _print_split_losses(ckpt, splits)
     print(f"  ({LECTURE[ckpt.model.model]})")
-    names = sample_names(ckpt.model, registry.to_device(ckpt.params), ckpt.bn, vocab, n=10, seed=0)
+    params = registry.to_device(ckpt.params)
+    names = sample_names(ckpt.model, params, ckpt.bn, splits.vocab, n=10, seed=0)
     print("samples: " + ", ".join(names))
     print(f"checkpoint: {result.path}; loss plot: {Path(args.out) / PLOT}")
     return 0

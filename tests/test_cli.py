@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from jaxninja.check.verify import THREE_WAYS, WAYS
+from jaxninja.check.mlp import WAYS
 from jaxninja.cli import main
+from jaxninja.parity.table import THREE_WAYS
 
 
 def test_data_show(names_path, capsys):
@@ -56,7 +57,7 @@ def test_check_json(names_path, capsys):
 
 
 def test_check_without_torch(names_path, capsys, monkeypatch):
-    monkeypatch.setattr("jaxninja.check.verify.torch_available", lambda: False)
+    monkeypatch.setattr("jaxninja.check.mlp.torch_available", lambda: False)
     assert main(["check", "--data", str(names_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and "torch" in report["skipped"] and "torch" not in report["losses"]
@@ -76,6 +77,23 @@ def test_check_without_torch(names_path, capsys, monkeypatch):
         (["check", "--block-size", "-2"], "--block-size: must be >= 1"),
         (["check", "--batch-size", "x"], "'x' is not an integer"),
         (["data", "--data", "/nonexistent/words.txt"], "not found: pass --data PATH"),
+        (
+            ["--bogus"],
+            "jaxninja: error: unrecognized arguments: --bogus; give a command first: data, check, "
+            "train, exercises, sample, eval",
+        ),
+        ([], "jaxninja: error: give a command first: data, check, train"),
+        (["train", "--bogus"], "jaxninja train: error: unrecognized arguments: --bogus"),
+        (["--bogus", "data"], "jaxninja data: error: unrecognized arguments: --bogus"),
+        (
+            ["sample", "--checkpoint", "c", "--temperature", "inf"],
+            "--temperature: must be a finite number > 0, got inf",
+        ),
+        (["train", "--lr", "nan"], "--lr: must be a finite number > 0, got nan"),
+        (
+            ["check", "--exercise", "7"],
+            "--exercise: must be 1, 2, 3 or 5, got '7' (exercise 4 is jaxninja train --backward)",
+        ),
     ],
 )
 def test_bad_input_is_one_line(args, message, capsys):
@@ -83,9 +101,25 @@ def test_bad_input_is_one_line(args, message, capsys):
         code = main(args)
     except SystemExit as e:  # argparse's own errors exit from the parser
         code = e.code
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and out == "", out
+
+
+def test_check_help_lists_the_exercises_and_the_exit_codes(capsys):
+    """The exercises are 1, 2, 3 and 5 wherever they are listed; exit 0 with --candidate means
+    every row written so far is right, not that the exercise is done."""
+    with pytest.raises(SystemExit) as e:
+        main(["check", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--exercise {1,2,3,5}" in text and "(exercise 4 is train --backward)" in text
+    codes = (
+        "exit codes: 0 every row right (with --candidate: all written rows right, so a partly "
+        "written exercise exits 0 too); 1 a row is wrong; 2 bad input (one line says what); 3, "
+        "with --candidate, nothing written yet"
+    )
+    assert codes in text, text
 
 
 def test_a_real_process_fails_in_one_line():

@@ -12,7 +12,8 @@ import safetensors.numpy
 from jaxninja.cli import main
 from jaxninja.errors import UsageError
 from jaxninja.training import checkpoint
-from jaxninja.training.loop import PLOT, train
+from jaxninja.training.loop import train
+from jaxninja.training.plot import PLOT
 from tests.runs import MC, TC, TC_FLAGS
 
 
@@ -172,6 +173,29 @@ def test_a_refused_config_change_names_each_flag_and_both_values(run_dir, names_
     assert main([*args, "--batch-size", "16"]) == 2
     err = one_line_error(capsys)
     assert "--batch-size is 16, the checkpoint's 32; --lr is 0.05, the checkpoint's 0.1" in err
+
+
+@pytest.mark.parametrize(
+    ("more", "message"),
+    [
+        (["--steps", "400"], "already holds checkpoints: pass --resume to continue"),
+        (["--steps", "400", "--resume", "--lr", "0.05"], "--lr is 0.05, the checkpoint's 0.1"),
+        (["--resume", "--optimizer", "adam"], "--optimizer is 'adam', the checkpoint's 'sgd'"),
+        (["--seeds", "3", "--devices", "2", "--out", "{new}"], "--seeds 3 does not split evenly"),
+    ],
+    ids=["fresh into checkpoints", "resume --lr", "resume --optimizer", "seeds over devices"],
+)
+def test_a_refused_run_says_nothing_before_its_one_line(
+    run_dir, names_path, tmp_path, capsys, more, message
+):
+    """Refused first, then nothing printed: not the 'training N steps ...' line, no file."""
+    before = sorted(p.name for p in run_dir.iterdir())
+    more = [a.replace("{new}", str(tmp_path / "new")) for a in more]
+    assert main(train_args(names_path, run_dir, *more)) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and message in err, (out, err)
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+    assert not (tmp_path / "new").exists()
 
 
 def test_resume_from_a_chosen_checkpoint_and_the_corrupt_newest(

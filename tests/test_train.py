@@ -7,13 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from jaxninja.check.verify import torch_available
 from jaxninja.cli import main
 from jaxninja.config import ModelConfig, TrainConfig
 from jaxninja.errors import Interrupted, UsageError
 from jaxninja.models.mlp import init_params, split_loss, to_device
+from jaxninja.parity.sides import torch_available
 from jaxninja.training import checkpoint
-from jaxninja.training.loop import batch_indices, make_optimizer, train
+from jaxninja.training.loop import train
+from jaxninja.training.step import batch_indices, make_optimizer
 from tests.runs import MC, TC, TC_FLAGS
 
 
@@ -271,9 +272,9 @@ def test_eval_and_sample_cli(trained, names_path, capsys):
     [
         (["train", "--steps", "0"], "--steps: must be >= 1"),
         (["train", "--batch-size", "1"], "batch size must be >= 2"),
-        (["train", "--lr", "-1"], "--lr: must be a number > 0"),
+        (["train", "--lr", "-1"], "--lr: must be a finite number > 0"),
         (["sample", "--checkpoint", "/nonexistent"], "not found"),
-        (["sample", "--checkpoint", "x", "--temperature", "0"], "must be a number > 0"),
+        (["sample", "--checkpoint", "x", "--temperature", "0"], "must be a finite number > 0"),
     ],
 )
 def test_bad_train_input_is_one_line(args, message, tmp_path, capsys):
