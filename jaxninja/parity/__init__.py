@@ -8,6 +8,7 @@ generalised. `check_backward` checks a layers.py-style layer the project's three
 """
 
 from jaxninja.parity.engine import assert_parity, check_backward, compare
+from jaxninja.parity.modules import assert_modules, compare_modules
 from jaxninja.parity.report import Report
 from jaxninja.parity.specs import Spec, integers, normal, uniform
 from jaxninja.parity.taps import tap
@@ -15,9 +16,11 @@ from jaxninja.parity.taps import tap
 __all__ = [
     "Report",
     "Spec",
+    "assert_modules",
     "assert_parity",
     "check_backward",
     "compare",
+    "compare_modules",
     "integers",
     "normal",
     "tap",

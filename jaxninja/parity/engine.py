@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from jaxninja.errors import UsageError
+from jaxninja.parity.assertion import assert_ok
 from jaxninja.parity.report import Report
 from jaxninja.parity.sides import jax_side, torch_available, torch_side
 from jaxninja.parity.specs import DTYPES, cotangent, draw, flatten_inputs, is_float, perturb
@@ -128,10 +129,7 @@ def _output_of(forward: Callable) -> Callable:
 
 def assert_parity(*args: Any, **kwargs: Any) -> Report:
     """compare(...), raising AssertionError with the table unless every row passes."""
-    report = compare(*args, **kwargs)
-    if not report.ok:
-        raise AssertionError("\n" + report.format())
-    return report
+    return assert_ok(compare(*args, **kwargs))
 
 
 def check_backward(
