@@ -28,6 +28,7 @@ def test_correct_pairs_pass(name):
     for scale in PP.SCALES:
         report = P.assert_parity(*PP.case(name, PP.PAIRS[name].shapes[0], scale))
         assert report.rows and all(r["verdict"] in PASSING for r in report.rows)
+        assert not report.notes  # float64 throughout: no side is taken for a fixed-dtype one
 
 
 @pytest.mark.parametrize("name", list(PP.BUGS))
@@ -106,14 +107,22 @@ def test_taps_under_jit_even_compiled_before():
     assert names == ["h", "out", "d h", "d params['w']", "d args[0]"]
 
 
-def test_one_sided_tap_is_listed_not_an_error():
-    def f(p, x):
-        return P.tap("only_jax", x * 2.0)
+def test_one_sided_tap_listed_by_compare_failed_by_assert_parity():
+    """A typo ("hh" for "h") ended OK with the taps listed; assert_parity (strict_taps) fails
+    the tap's value and names the likely typo."""
 
-    report = P.assert_parity(f, lambda p, x: x * 2.0, {}, P.normal((3,)), dtype="float64")
+    def f(p, x):
+        return P.tap("hh", x * 2.0)
+
+    def g(p, x):
+        return P.tap("h", x * 2.0)
+
+    report = P.compare(f, g, {}, P.normal((3,)), dtype="float64")
     one = {r["name"] for r in report.rows if r["verdict"] == "one-sided"}
-    assert one == {"only_jax", "d only_jax"}
+    assert report.ok and one == {"hh", "h", "d hh", "d h"}
     assert "one side only" in report.format()
+    with pytest.raises(AssertionError, match=r"only on the jax side \(a typo for 'h'\?\)"):
+        P.assert_parity(f, g, {}, P.normal((3,)), dtype="float64")
 
 
 def test_in_place_torch_changes_neither_jax_nor_caller():
@@ -140,11 +149,8 @@ def test_integer_outputs_compared_exactly_and_pytrees():
     assert names == ["out['arg']", "out['picked']", "d args[0]"]
 
 
-def test_low_precision_dtypes_and_reference_jax():
-    pair = PP.PAIRS["layernorm"]
-    for dtype in ("float16", "bfloat16"):
-        report = P.assert_parity(*PP.case("layernorm", pair.shapes[0], 1.0), dtype=dtype)
-        assert {r["low"]["verdict"] for r in report.rows if r["low"]} <= {"ok", "noise"}
+def test_reference_jax():
+    """(bfloat16 and float16: tests/test_parity_dtypes.py.)"""
     report = P.assert_parity(*PP.case("softmax", (4, 7), 1.0), reference="jax")
     assert report.ways[0]["reference"] == "jax"
     bug = PP.case("layernorm", (4, 8), 1.0, bug="layernorm eps 1e-6")
@@ -156,6 +162,9 @@ def test_structure_shape_and_nonfinite_are_named():
     report = P.compare(lambda p, x: (x, x), lambda p, x: [x], {}, P.normal((2,)), seeds=(0,))
     assert report.first_failure["verdict"] == "structure"
     assert "out[1] is only on the jax side" in report.first_failure["message"]
+    # a tuple and a list of one length agree, with a note
+    report = P.compare(lambda p, x: (x, x), lambda p, x: [x, x], {}, P.normal((2,)), seeds=(0,))
+    assert report.ok and any("a list and a tuple" in n for n in report.notes)
     report = P.compare(
         lambda p, x: jnp.log(x), lambda p, x: torch.log(x.abs()), {}, P.normal((8,)), seeds=(0,)
     )
@@ -251,3 +260,76 @@ def test_readme_example_runs():
     section = text.split("## Parity tests for your own port", 1)[1].split("\n## ", 1)[0]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     exec(compile(code, "README.md", "exec"), {})
+
+
+def test_nondeterministic_torch_side_is_named():
+    """A torch module left in train mode with dropout: named as such, not a port bug."""
+    drop = torch.nn.Dropout(0.5)
+
+    report = P.compare(lambda p, x: x * 1.0, lambda p, x: drop(x), {}, P.normal((8, 8)))
+    first = report.first_failure
+    assert first["verdict"] == "nondeterministic" and "dropout" in first["message"]
+    assert {r["verdict"] for r in report.rows} == {"nondeterministic"}
+
+
+def test_a_printed_tracer_gets_the_debug_print_hint(capsys):
+    def f(p, x):
+        print(x)
+        return x
+
+    report = P.compare(f, lambda p, x: x, {}, P.normal((2,)), seeds=(0,), dtype="float64")
+    assert any("jax.debug.print" in n for n in report.notes)
+    assert "jax.debug.print" in report.format()
+
+
+def test_a_long_compare_says_where_it_is_on_stderr(monkeypatch, capsys):
+    import jaxninja.parity.watch as watch
+
+    monkeypatch.setattr(watch, "QUIET_S", 0.0)  # speak at once, and often
+    monkeypatch.setattr(watch, "EVERY_S", 0.01)
+    P.compare(*PP.case("softmax", (4, 7), 1.0), seeds=(0,))
+    err = capsys.readouterr().err
+    assert "parity: seed 0 (1 of 1)" in err and "parity: done" in err
+
+
+def test_table_keeps_shapes_and_names_whole():
+    """A 4-D shape lost its parenthesis, a long parameter name its head; the FAILED line quoted
+    seed 0 where the table showed the worst seed."""
+    long = {"blocks": {"attention": {"query_projection_weight": P.normal((2, 4, 5, 5))}}}
+
+    def j(p, x):
+        return p["blocks"]["attention"]["query_projection_weight"] * x
+
+    def t(p, x):
+        return p["blocks"]["attention"]["query_projection_weight"] * x * (1.0 + 1e-3 * x)
+
+    report = P.compare(j, t, long, P.normal((5,)))
+    text = report.format()
+    assert "(2, 4, 5, 5)" in text
+    assert "d params['blocks']['attention']['query_projection_weight']" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    first = report.first_failure
+    shown = next(line for line in text.splitlines()[3:] if line.startswith(first["name"]))
+    assert shown.rstrip().endswith(f"| {first['seed']}")
+
+
+def test_noise_summary_lists_whole_names():
+    rows = [
+        {"way": "w", "seed": 0, "index": i, "name": f"d params['layer_{i}']['weight']",
+         "tap": None, "kind": "grad", "shapes": [[3], [3]], "verdict": "noise",
+         "message": None, "float64": None, "low": None}
+        for i in range(12)
+    ]  # fmt: skip
+    report = P.Report("float32", (0,), [{"way": "w", "other": "a", "reference": "b"}], rows)
+    lines = report.format().splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("noise:"))
+    text = " ".join(x.strip() for x in lines[start : start + 4])
+    assert max(len(x) for x in lines) <= 100 and "and 4 more" in text
+    names = sorted(r["name"] for r in rows)[:8]  # sorted, the first eight listed
+    assert all(n in text for n in names) and names[-1] + ", and 4 more" in text
+
+
+def test_check_backward_documents_torch_fn():
+    doc = P.check_backward.__doc__
+    assert "torch_fn(params, *args)" in doc
+    assert "torch_fn(params, *args)" in (ROOT / "README.md").read_text()

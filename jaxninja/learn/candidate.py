@@ -18,7 +18,6 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
-import io
 import re
 import signal
 import sys
@@ -34,6 +33,8 @@ import jax
 
 from jaxninja.config import DEFAULT_TIMEOUT
 from jaxninja.errors import UsageError
+from jaxninja.parity.watch import TRACER_NOTE, shows_tracer
+from jaxninja.parity.watch import Tee as _Tee
 
 __all__ = [
     "DEFAULT_TIMEOUT", "HINT_NOTE", "check_arity", "load_function", "load_module", "run_once",
@@ -72,25 +73,8 @@ def watching(fn: Callable, exercise: int, timeout: float | None) -> Iterator[lis
     except Exception as e:
         raise UsageError(their_exception(fn, e, exercise)) from None
     finally:
-        if any(t in out.seen.getvalue() for t in ("Tracer", "Traced<")):
-            notes.append(
-                "your print showed a tracer, not numbers: inside jit use "
-                'jax.debug.print("{x}", x=x) to see values'
-            )
-
-
-class _Tee(io.TextIOBase):
-    """Writes through to the real stream and keeps a copy, to read what the learner printed."""
-
-    def __init__(self, stream) -> None:
-        self.stream, self.seen = stream, io.StringIO()
-
-    def write(self, text: str) -> int:
-        self.seen.write(text)
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
+        if shows_tracer(out.seen.getvalue()):
+            notes.append(TRACER_NOTE)
 
 
 @contextlib.contextmanager

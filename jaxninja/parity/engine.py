@@ -11,18 +11,34 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache, partial
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxninja.errors import UsageError
 from jaxninja.parity.assertion import assert_ok
+from jaxninja.parity.dtypes import fixed_note
+from jaxninja.parity.kinds import Side, as_sides, runner
+from jaxninja.parity.kinds import labels as side_labels
 from jaxninja.parity.report import Report
-from jaxninja.parity.sides import jax_side, torch_available, torch_side
-from jaxninja.parity.specs import DTYPES, cotangent, draw, flatten_inputs, is_float, perturb
-from jaxninja.parity.verdict import scale, way_rows
+from jaxninja.parity.rows import sequence_note, way_rows
+from jaxninja.parity.sides import Run, jax_side, torch_available, torch_side
+from jaxninja.parity.specs import (
+    DTYPES,
+    EPS64,
+    cotangent,
+    draw,
+    flatten_inputs,
+    is_float,
+    perturb,
+)
+from jaxninja.parity.verdict import Fixed, judged_in, scale
+from jaxninja.parity.watch import Progress, watched_prints
 
 
-def _perturbed_cotangent(seed: int, i: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    return np.asarray(perturb(cotangent(seed, i, shape, np.float64), seed, 1, i), dtype)
+def _perturbed_cotangent(
+    seed: int, i: int, shape: tuple[int, ...], dtype: Any, eps: float = EPS64
+) -> np.ndarray:
+    return np.asarray(perturb(cotangent(seed, i, shape, np.float64), seed, 1, i, eps), dtype)
 
 
 class _Largest:
@@ -46,30 +62,86 @@ def _check_options(seeds: Iterable[int], dtype: str) -> tuple[int, ...]:
     return tuple(int(s) for s in seeds)
 
 
-def _seed_runs(
-    sides: dict[str, Callable], references: set[str], leaves: list, treedef: Any, seed: int,
-    dtype: str, grads: bool,
-) -> tuple[dict, dict, dict, dict[str, float]]:  # fmt: skip
-    """Every side in float64, the references perturbed, every side in `dtype` (none when that
-    is float64), and the largest input and cotangent magnitudes (the float64 floor's scales)."""
-    paths = [p for p, _ in leaves]
-    inputs = draw(leaves, seed, dtype)
-    wide = [x.astype(np.float64) if is_float(x) else x for x in inputs]
-    moved = [perturb(x, seed, 0, i) for i, x in enumerate(wide)]
+def _fixed(r64: dict[str, Run], other: str, ref: str) -> Fixed:
+    """The dtypes the two sides compute in where their float64 runs are not float64 (casts
+    that torch widened are float64 after all)."""
+    o, r = (n.dtype if (n := r64[s].narrow) and not n.widened else None for s in (other, ref))
+    return o, r
 
-    def run(side: Callable, xs: list, dt: str, cot: Callable) -> Any:
-        return side(xs, treedef, paths, dt, cot, grads)
 
-    cot = _Largest(partial(cotangent, seed))
-    r64 = {s: run(side, wide, "float64", cot) for s, side in sides.items()}
-    sources = {"values": max([scale(x) for x in wide if is_float(x)], default=0.0)}
-    sources["grads"] = cot.largest
-    moved_cot = partial(_perturbed_cotangent, seed)
-    p64 = {s: run(sides[s], moved, "float64", moved_cot) for s in references}
-    low = {}
-    if dtype != "float64":
-        low = {s: run(side, inputs, dtype, cot) for s, side in sides.items()}
-    return r64, p64, low, sources
+def _unstable(side: Callable, first: Run, again: Callable) -> set:
+    """The value keys where a torch or numpy side, run again on the same inputs, differs
+    (JAX is deterministic: not run again). `again(dtype)` runs it once more."""
+    if getattr(side, "kind", "jax") in ("jax", "manual"):
+        return set()
+    second = again("float64")
+    return {
+        k for k, v in first.values.items()
+        if k in second.values and not np.array_equal(v, second.values[k], equal_nan=is_float(v))
+    }  # fmt: skip
+
+
+def _wide(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float64) if is_float(x) else x
+
+
+class _Seed:
+    """One seed's inputs, and the runs of every side on them, each run at most once."""
+
+    def __init__(self, sides: dict, leaves: list, treedef: Any, seed: int, dtype: str, grads: bool,
+                 progress: Progress, label: str) -> None:  # fmt: skip
+        self.sides, self.treedef, self.seed = sides, treedef, seed
+        self.dtype, self.grads = dtype, grads
+        self.paths = [p for p, _ in leaves]
+        self.inputs = draw(leaves, seed, dtype)
+        self.progress, self.label, self.cache = progress, label, {}
+        self.cot = _Largest(partial(cotangent, seed))
+
+    def run(self, side: str, dt: str, moved: float | None = None, again: bool = False) -> Run:
+        """`side` in `dt` on the drawn inputs; with `moved`, on the inputs and cotangents
+        perturbed by ulps of that size; `again`: once more, values only."""
+        key = (side, dt, moved, again)
+        if key not in self.cache:
+            what = " (perturbed)" if moved else " (again)" if again else ""
+            self.progress.stage(f"{self.label}: {side} in {dt}{what}")
+            xs, cot = self.wide() if dt == "float64" else self.inputs, self.cot
+            if dt not in ("float64", self.dtype):  # a fixed side's dtype: the inputs rounded
+                xs = [np.asarray(x, jnp.dtype(dt)) if is_float(x) else x for x in self.inputs]
+            if moved:
+                xs = [perturb(_wide(x), self.seed, 0, i, moved) for i, x in enumerate(self.inputs)]
+                cot = partial(_perturbed_cotangent, self.seed, eps=moved)
+            grads = self.grads and not again
+            try:
+                self.cache[key] = self.sides[side](xs, self.treedef, self.paths, dt, cot, grads)
+            except UsageError as e:  # float64 ran first, and passed: the dtype is to blame
+                if dt == "float64":
+                    raise
+                raise UsageError(f"{e}; in {dt} (float64 ran): choose a dtype it runs in") from None
+        return self.cache[key]
+
+    def wide(self) -> list:
+        """The inputs upcast to float64, made for each run that needs them: a model's weights
+        are not held twice over for the whole seed."""
+        return [_wide(x) for x in self.inputs]
+
+    def sources(self) -> dict[str, float]:
+        """The largest input and cotangent magnitudes (the float64 floor's scales)."""
+        values = max([scale(x) for x in self.inputs if is_float(x)], default=0.0)
+        return {"values": values, "grads": self.cot.largest}
+
+
+def _way_runs(s: _Seed, other: str, ref: str) -> tuple[dict[str, Run], Fixed]:
+    """What judging `other` against `ref` needs on this seed (verdict.way_rows' runs)."""
+    r64 = {side: s.run(side, "float64") for side in (other, ref)}
+    fixed = _fixed(r64, other, ref)
+    d = judged_in(fixed)
+    eps = float(jnp.finfo(d).eps) if d else EPS64
+    runs = {"o64": r64[other], "r64": r64[ref], "p64": s.run(ref, "float64", moved=eps)}
+    if s.dtype != "float64":
+        runs |= {"olo": s.run(other, s.dtype), "rlo": s.run(ref, s.dtype)}
+    if fixed[0] is not None and fixed[1] is None:
+        runs["rfix"] = s.run(ref, fixed[0])
+    return runs, fixed
 
 
 def run_ways(
@@ -80,45 +152,91 @@ def run_ways(
     seeds: Iterable[int],
     dtype: str,
     grads: bool,
+    strict_taps: bool = False,
+    notes: list[str] | None = None,
 ) -> Report:
-    """Judge each way (name, other side, reference side) on every seed."""
+    """Judge each way (name, other side, reference side) on every seed: every side in float64
+    first, then what each way needs (verdict.way_rows)."""
     seeds = _check_options(seeds, dtype)
     leaves, treedef = flatten_inputs(params, args)
-    references = {ref for _, _, ref in ways}
-    rows = []
-    for seed in seeds:
-        r64, p64, low, sources = _seed_runs(sides, references, leaves, treedef, seed, dtype, grads)
-        for name, other, ref in ways:
-            runs = {"o64": r64[other], "r64": r64[ref], "p64": p64[ref]}
-            if low:
-                runs |= {"olo": low[other], "rlo": low[ref]}
-            for i, row in enumerate(way_rows(runs, other, ref, dtype, sources)):
-                rows.append({"way": name, "seed": seed, "index": i, **row})
+    notes, rows, unstable = list(notes or []), [], {}
+    with watched_prints(notes), Progress("parity") as progress:
+        for n, seed in enumerate(seeds):
+            s = None  # the last seed's arrays go before this one's are drawn
+            s = _Seed(sides, leaves, treedef, seed, dtype, grads, progress,
+                      f"seed {seed} ({n + 1} of {len(seeds)})")  # fmt: skip
+            for side in sides:
+                first = s.run(side, "float64")
+                if n == 0:
+                    unstable[side] = _unstable(sides[side], first, partial(s.run, side, again=True))
+            for name, other, ref in ways:
+                runs, fixed = _way_runs(s, other, ref)
+                found = way_rows(runs, other, ref, dtype, s.sources(), fixed, unstable, strict_taps)
+                rows += [{"way": name, "seed": seed, "index": i, **r} for i, r in enumerate(found)]
+                if n == 0:
+                    kinds = {k: getattr(sides[k], "kind", "jax") for k in (other, ref)}
+                    notes += _way_notes(runs, other, ref, kinds, notes)
     way_info = [{"way": n, "other": o, "reference": r} for n, o, r in ways]
-    return Report(dtype, seeds, way_info, rows)
+    return Report(dtype, seeds, way_info, rows, tuple(notes))
+
+
+def _way_notes(
+    runs: dict[str, Run], other: str, ref: str, kinds: dict[str, str], seen: list
+) -> list[str]:
+    """A way's notes on its first seed: a side not float64 throughout, a list for a tuple."""
+    out = []
+    for label, run, role in ((other, runs["o64"], "other"), (ref, runs["r64"], "reference")):
+        if run.narrow is not None:
+            out.append(fixed_note(label, run.narrow, role, ref, kinds[label]))
+    if note := sequence_note(runs["o64"], runs["r64"], (other, ref)):
+        out.append(note)
+    return [n for n in dict.fromkeys(out) if n not in seen]
+
+
+def _reference(reference: str | None, sides: tuple[Side, Side], names: tuple[str, str]) -> int:
+    """Which side (0 or 1) is the reference: the second unless `reference` names the other, by
+    its label or by a kind only it has."""
+    if reference is None:
+        return 1
+    kinds = [s.kind for s in sides]
+    for i in (0, 1):
+        if reference == names[i] or (reference == kinds[i] and kinds.count(reference) == 1):
+            return i
+    raise UsageError(f"reference {reference!r}: choose {names[0]!r} or {names[1]!r}")
 
 
 def compare(
-    jax_fn: Callable,
-    torch_fn: Callable,
+    a: Callable | Side,
+    b: Callable | Side,
     params: Any,
     *args: Any,
     seeds: Iterable[int] = (0, 1, 2),
     dtype: str = "float32",
     grads: bool = True,
-    reference: str = "torch",
+    reference: str | None = None,
+    strict_taps: bool = False,
 ) -> Report:
-    """Run `jax_fn(params, *args)` and `torch_fn(params, *args)` on the same values (numpy
-    arrays, or specs drawn afresh per seed) and judge every output, tap and gradient: float64
-    first, then `dtype` against the reference's float64 run. `reference` is the original being
-    ported ("torch", the default, or "jax")."""
-    if reference not in ("torch", "jax"):
-        raise UsageError(f"reference {reference!r}: choose 'torch' or 'jax'")
-    if not torch_available():
+    """Run `a(params, *args)` and `b(params, *args)` on the same values (numpy arrays, or specs
+    drawn afresh per seed) and judge every output, tap and gradient: float64 first, then
+    `dtype` against the reference's float64 run.
+
+    `a`, `b`: a JAX function and a PyTorch function, or any two side objects: `parity.jax(fn)`,
+    `parity.torch(fn)`, `parity.numpy(fn)` (values only). `reference` is the original being
+    ported, by its label or kind: the second by default ("torch" for two plain functions).
+    `strict_taps`: a tap on one side only fails (assert_parity's default) instead of being
+    listed."""
+    pair = as_sides(a, b)
+    if "torch" in (pair[0].kind, pair[1].kind) and not torch_available():
         raise UsageError("parity.compare needs PyTorch: pip install 'jaxninja[torch]'")
-    sides = {"jax": jax_side(jax_fn), "torch": torch_side(torch_fn)}
-    other = "jax" if reference == "torch" else "torch"
-    return run_ways(sides, [("jax~torch", other, reference)], params, args, seeds, dtype, grads)
+    names = side_labels(*pair)
+    r = _reference(reference, pair, names)
+    notes = []
+    if grads and "numpy" in (pair[0].kind, pair[1].kind):
+        grads = False
+        notes.append("values only: a numpy side has no gradients")
+    sides = {names[i]: runner(pair[i], names[i]) for i in (0, 1)}
+    way = (f"{names[0]}~{names[1]}", names[1 - r], names[r])
+    return run_ways(sides, [way], params, args, seeds, dtype, grads, strict_taps, notes)
 
 
 @lru_cache(maxsize=128)
@@ -127,9 +245,10 @@ def _output_of(forward: Callable) -> Callable:
     return lambda p, *a: forward(p, *a)[0]
 
 
-def assert_parity(*args: Any, **kwargs: Any) -> Report:
-    """compare(...), raising AssertionError with the table unless every row passes."""
-    return assert_ok(compare(*args, **kwargs))
+def assert_parity(*args: Any, strict_taps: bool = True, **kwargs: Any) -> Report:
+    """compare(...), raising AssertionError with the table unless every row passes; a tap on
+    one side only fails here (strict_taps=False lists it instead, as compare does)."""
+    return assert_ok(compare(*args, strict_taps=strict_taps, **kwargs))
 
 
 def check_backward(
@@ -143,7 +262,11 @@ def check_backward(
 ) -> Report:
     """A hand-written layer, `forward(params, *args) -> (out, cache)` and `backward(dout, cache)
     -> (dparams, dargs)`, checked the project's three ways: (1) against jax.vjp of its forward,
-    and given `torch_fn`, (2) against torch autograd and (3) jax.vjp against torch autograd."""
+    and given `torch_fn`, (2) against torch autograd and (3) jax.vjp against torch autograd.
+
+    `torch_fn(params, *args) -> out`: the layer's forward in PyTorch, given the same `params`
+    tree and args as torch tensors (requiring grad), returning the forward's `out` alone (no
+    cache), as tensors in the same tree."""
     sides = {
         "manual": jax_side(forward, "manual", backward=backward),
         "jax.vjp": jax_side(_output_of(forward), "jax.vjp"),

@@ -9,11 +9,12 @@ where the sides differ: where the difference enters.
 from __future__ import annotations
 
 import json
+import textwrap
 from typing import Any, NamedTuple
 
-from jaxninja.parity.verdict import PASSING, SEVERITY
+from jaxninja.parity.verdict import LOW16, PASSING, SEVERITY
 
-NAME_WIDTH = 27  # at most: with it a line is 98 columns
+WIDTH = 100  # columns: a name longer than its room gets a line of its own
 MAX_MESSAGES = 8
 
 
@@ -22,6 +23,7 @@ class Report(NamedTuple):
     seeds: tuple[int, ...]
     ways: list[dict[str, str]]  # {"way", "other", "reference"}
     rows: list[dict[str, Any]]  # judge()'s rows, with "way", "seed" and "index" (data-flow order)
+    notes: tuple[str, ...] = ()  # what the table alone does not say (a side's dtype, ...)
 
     @property
     def ok(self) -> bool:
@@ -35,14 +37,21 @@ class Report(NamedTuple):
 
     @property
     def first_failure(self) -> dict[str, Any] | None:
-        failures = self.failures()
-        return _brief(failures[0]) if failures else None
+        """The first failing row, at its worst seed (the one the table shows)."""
+        return self._worst_of_first(self.failures())
 
     @property
     def first_tap(self) -> dict[str, Any] | None:
-        """The first tap (value, or gradient) where the sides differ."""
-        taps = [r for r in self.failures() if r["tap"] is not None]
-        return _brief(taps[0]) if taps else None
+        """The first tap (value, or gradient) where the sides differ, at its worst seed."""
+        return self._worst_of_first([r for r in self.failures() if r["tap"] is not None])
+
+    @staticmethod
+    def _worst_of_first(failures: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if not failures:
+            return None
+        first = failures[0]
+        same = [r for r in failures if (r["way"], r["name"]) == (first["way"], first["name"])]
+        return _brief(min(same, key=_badness))
 
     def format(self) -> str:
         lines = []
@@ -65,6 +74,11 @@ def _ratio(row: dict[str, Any]) -> float:
     return max((c["error"] / c["bound"] for c in cells), default=0.0)
 
 
+def _badness(row: dict[str, Any]) -> tuple[int, float]:
+    """Worst first: by severity, then error over bound."""
+    return SEVERITY.index(row["verdict"]), -_ratio(row)
+
+
 def _worst_per_row(report: Report, way: str) -> list[dict[str, Any]]:
     """Each row's worst seed (severity, then error over bound), failing rows first."""
     best: dict[str, dict[str, Any]] = {}
@@ -72,8 +86,7 @@ def _worst_per_row(report: Report, way: str) -> list[dict[str, Any]]:
         if r["way"] != way:
             continue
         old = best.get(r["name"])
-        key = (SEVERITY.index(r["verdict"]), -_ratio(r))
-        if old is None or key < (SEVERITY.index(old["verdict"]), -_ratio(old)):
+        if old is None or _badness(r) < _badness(old):
             best[r["name"]] = r
     rows = sorted(best.values(), key=lambda r: r["index"])
     return [r for r in rows if r["verdict"] not in PASSING] + [
@@ -85,51 +98,91 @@ def _num(x: float | None) -> str:
     return f"{x:7.1e}" if x is not None else " " * 7
 
 
-def _line(r: dict[str, Any], width: int) -> str:
-    name = r["name"] if len(r["name"]) <= width else "…" + r["name"][-width + 1 :]
+def _shape(r: dict[str, Any]) -> str:
     shape = r["shapes"][1] or r["shapes"][0]
-    shape_text = "" if shape is None else str(tuple(shape))
-    word = r["verdict"] if r["verdict"] in PASSING else r["verdict"].upper()
+    return "" if shape is None else str(tuple(shape))
+
+
+def _word(r: dict[str, Any]) -> str:
+    return r["verdict"] if r["verdict"] in PASSING else r["verdict"].upper()
+
+
+def _line(r: dict[str, Any], widths: tuple[int, int, int]) -> list[str]:
+    """The row's line; a name longer than its column goes whole on a line of its own above."""
+    width, shape_width, word_width = widths
     f64, low = r["float64"] or {}, r["low"] or {}
-    return (
-        f"{name:{width}s} {shape_text[:11]:11s} {word:9s} | {_num(f64.get('error'))} "
-        f"{_num(f64.get('bound'))} | {_num(low.get('error'))} {_num(low.get('ref_error'))} "
-        f"{_num(low.get('bound'))} | {r['seed']}"
+    name = r["name"] if len(r["name"]) <= width else ""
+    line = (
+        f"{name:{width}s} {_shape(r):{shape_width}s} {_word(r):{word_width}s} | "
+        f"{_num(f64.get('error'))} {_num(f64.get('bound'))} | {_num(low.get('error'))} "
+        f"{_num(low.get('ref_error'))} {_num(low.get('bound'))} | {r['seed']}"
     ).rstrip()
+    return [line] if name else [r["name"], line]
+
+
+def _widths(rows: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """(name, shape, verdict) column widths: shapes and verdicts whole, names what is left of
+    WIDTH columns (at least 12; a longer name gets a line of its own)."""
+    shape_width = max([11, *(len(_shape(r)) for r in rows)])
+    word_width = max([9, *(len(_word(r)) for r in rows)])
+    room = WIDTH - 54 - shape_width - word_width
+    width = min(max([3, *(len(r["name"]) for r in rows)]), max(room, 12))
+    return width, shape_width, word_width
+
+
+def _wrapped(text: str, indent: str = "  ") -> list[str]:
+    return textwrap.wrap(text, WIDTH, subsequent_indent=indent + "  ", initial_indent=indent)
 
 
 def _table(report: Report, way: dict[str, str]) -> list[str]:
     other, ref = way["other"], way["reference"]
-    low = report.dtype if report.dtype != "float64" else "-"
+    low = {"float64": "-", "bfloat16": "bf16", "float16": "fp16"}.get(report.dtype, report.dtype)
     title = f"{way['way']}: {other} against {ref} (the reference), {report.dtype}, seeds "
     rows = _worst_per_row(report, way["way"])
-    width = min(NAME_WIDTH, max([3, *(len(r["name"]) for r in rows)]))
+    widths = _widths(rows)
     head = (
-        f"{'row':{width}s} {'shape':11s} {'verdict':9s} | {'f64 diff':>7s} {'bound':>7s} | "
-        f"{low[:7]:>7s} {'ref':>7s} {'bound':>7s} | seed"
+        f"{'row':{widths[0]}s} {'shape':{widths[1]}s} {'verdict':{widths[2]}s} | "
+        f"{'f64 diff':>7s} {'bound':>7s} | {low[:7]:>7s} {'ref':>7s} {'bound':>7s} | seed"
     )
     lines = [title + ", ".join(map(str, report.seeds)), head, "-" * len(head)]
-    lines += [_line(r, width) for r in rows]
+    for r in rows:
+        lines += _line(r, widths)
     lines.append("-" * len(head))
-    lines.append(f"f64 diff: {other} - {ref}, in float64; worst seed shown")
-    lines.append(f"{low}: {other}'s distance from the truth ({ref} in float64); ref: {ref}'s own")
+    fixed = {f"{d} for {other if 'ref_error' in c else ref}" for r in rows
+             if (d := (c := r["float64"] or {}).get("dtype"))}  # fmt: skip
+    narrower = f" ({', '.join(sorted(fixed))}: the dtype it computes in)" if fixed else ""
+    lines.append(f"f64 diff: {other} - {ref}, in float64{narrower}; worst seed shown")
+    measure = "RMS distance" if report.dtype in LOW16 else "distance"
+    lines.append(
+        f"{report.dtype if low != '-' else low}: {other}'s {measure} from the truth ({ref} in "
+        f"float64); ref: {ref}'s own"
+    )
     failing = [r for r in rows if r["verdict"] not in PASSING]
-    lines += [f"  {r['name']}: {r['message']}"[:100] for r in failing[:MAX_MESSAGES]]
+    for r in failing[:MAX_MESSAGES]:
+        lines += _wrapped(f"{r['name']}: {r['message']}")
     if len(failing) > MAX_MESSAGES:  # the table above has them all
         lines.append(f"  ... and {len(failing) - MAX_MESSAGES} more failing rows (in the table)")
     return lines
 
 
+def _listed(head: str, names: list[str], most: int = 8) -> list[str]:
+    """`head` and the first `most` of `names` (then how many more), wrapped, no name cut."""
+    more = f", and {len(names) - most} more" if len(names) > most else ""
+    return _wrapped(head + ", ".join(names[:most]) + more, "")
+
+
 def _summary(report: Report) -> list[str]:
     lines = []
+    for note in report.notes:
+        first, *rest = note.split("\n")
+        lines += _wrapped("note: " + first, "")
+        for more in rest:
+            lines += _wrapped(more)
     if one := sorted({r["name"] for r in report.rows if r["verdict"] == "one-sided"}):
-        lines.append(f"taps on one side only (listed, not compared): {', '.join(one)}"[:100])
+        lines += _listed("taps on one side only (listed, not compared): ", one)
     if noise := sorted({r["name"] for r in report.rows if r["verdict"] == "noise"}):
-        lines.append(
-            f"noise: {report.dtype} cannot tell right from wrong in {len(noise)} rows "
-            f"({', '.join(noise)})"[:92]
-            + ": float64 judged them"
-        )
+        head = f"noise: {report.dtype} cannot tell right from wrong here, float64 judged them: "
+        lines += _listed(head, noise)
     first = report.first_failure
     if first is None:
         n = len({(r["way"], r["name"]) for r in report.rows})
@@ -138,7 +191,7 @@ def _summary(report: Report) -> list[str]:
     lines.append(
         f"FAILED: first failing row: {first['name']} ({first['way']}, seed {first['seed']})"
     )
-    lines.append(f"  {first['verdict']}: {first['message']}"[:100])
+    lines += _wrapped(f"{first['verdict']}: {first['message']}")
     if tap := report.first_tap:
         where = "the difference enters" + (" the backward" if tap["name"].startswith("d ") else "")
         lines.append(f"{where} at `{tap['tap']}`")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 import traceback
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -24,6 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxninja.errors import UsageError
+from jaxninja.parity.dtypes import (
+    Narrowing,
+    jax_narrowings,
+    library_dirs,
+    narrowest,
+    output_narrowings,
+    torch_watch,
+)
 from jaxninja.parity.specs import is_float
 from jaxninja.parity.taps import JaxTaps, TorchTaps, recording
 
@@ -43,26 +50,21 @@ CotangentOf = Callable[[int, tuple[int, ...], Any], np.ndarray]  # leaf index, s
 class Run(NamedTuple):
     """One side's results on one seed and dtype. `values`: taps in call order, then outputs;
     `grads`: the taps' in reverse call order (the order the backward reaches them), then the
-    float inputs'; None where a side made no gradient."""
+    float inputs'; None where a side made no gradient. `out_tree`: the outputs' structure, a
+    list read as a tuple (`raw_tree` keeps which); `narrow`: in a float64 run, the narrower
+    float the side computed in (dtypes.py), or None."""
 
     out_tree: Any
     values: dict[Key, np.ndarray]
     grads: dict[Key, np.ndarray | None]
-
-
-def _library_dirs() -> tuple[str, ...]:
-    names = ("jax", "jaxlib", "numpy", "torch", "jaxninja.parity")
-    mods = [sys.modules[n] for n in names if n in sys.modules]
-    return tuple(os.path.dirname(m.__file__) + os.sep for m in mods if m.__file__)
+    narrow: Narrowing | None = None
+    raw_tree: Any = None
 
 
 def raised(label: str, e: BaseException) -> str:
     """One line: the exception, its message's first line, and the last frame in the user's code."""
-    frames = [
-        f
-        for f in traceback.extract_tb(e.__traceback__)
-        if not f.filename.startswith(_library_dirs())
-    ]
+    skip = library_dirs()
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(skip)]
     where = f" ({os.path.relpath(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
     text = (str(e).strip().splitlines() or [""])[0][:200]
     return f"the {label} function raised {type(e).__name__}: {text}{where}"
@@ -75,6 +77,20 @@ def call(fn: Callable, label: str, *args: Any) -> Any:
         raise
     except Exception as e:
         raise UsageError(raised(label, e)) from None
+
+
+def canonical_tree(out: Any) -> Any:
+    """The structure of `out` with every list read as a tuple: sequences of the same length
+    agree whichever each side returns."""
+
+    def canon(x: Any) -> Any:
+        if isinstance(x, list) or type(x) is tuple:
+            return tuple(canon(v) for v in x)
+        if type(x) is dict:
+            return {k: canon(v) for k, v in x.items()}
+        return x
+
+    return jax.tree.structure(canon(out))
 
 
 def _out_leaves(out: Any, label: str, array_type: type) -> list[tuple[str, Any]]:
@@ -195,16 +211,26 @@ def _jax_context(dtype: str) -> ExitStack:
     return stack
 
 
-def _run_program(shapes_fn, program, inputs, cot_of, label: str) -> tuple:
+def _run_program(shapes_fn, program, inputs, cot_of, label: str, dtype: str) -> tuple:
+    """(out, taps, d floats, d taps, the narrowings of a float64 run's program)."""
     mask = tuple(is_float(x) for x in inputs)
-    floats = [jnp.asarray(x) for x, m in zip(inputs, mask, strict=True) if m]
-    others = [jnp.asarray(x) for x, m in zip(inputs, mask, strict=True) if not m]
+    # device_put: one copy (jnp.asarray makes two of a numpy array, for a moment)
+    floats = [jax.device_put(x) for x, m in zip(inputs, mask, strict=True) if m]
+    others = [jax.device_put(x) for x, m in zip(inputs, mask, strict=True) if not m]
     try:
         out_shapes = jax.tree.leaves(jax.eval_shape(shapes_fn, floats, others, {})[1][0])
         cots = [cot_of(i, s.shape, s.dtype) for i, s in enumerate(out_shapes) if is_float(s)]
-        return program(floats, others, cots)
+        # the trace is jit's own (cached), so looking at it costs no second trace
+        found = []
+        if dtype == "float64":
+            found = jax_narrowings(program.trace(floats, others, cots).jaxpr)
+        return (*program(floats, others, cots), found)
     except _TRACER_ERRORS as e:  # Python control flow on values: jax.vjp cannot trace it
         raise UsageError(raised(label, e) + ": use jnp.where or jax.lax.cond") from None
+    except UsageError:
+        raise
+    except Exception as e:  # compiling it: a dtype XLA has no kernel for (float16's LAPACK)
+        raise UsageError(raised(label, e)) from None
 
 
 def jax_side(fn: Callable, label: str = "jax", backward: Callable | None = None) -> Callable:
@@ -217,9 +243,15 @@ def jax_side(fn: Callable, label: str = "jax", backward: Callable | None = None)
         else:
             shapes_fn, program = _manual_program(fn, backward, treedef, mask)
         with _jax_context(dtype):
-            out, taps, dfloats, dtaps = _run_program(shapes_fn, program, inputs, cot_of, label)
-        return _as_run(out, taps, dfloats, dtaps, paths, mask, label)
+            *results, found = _run_program(shapes_fn, program, inputs, cot_of, label, dtype)
+        result = _as_run(*results, paths, mask, label)
+        if dtype == "float64":
+            values = result.values.items()
+            outs = [(p, x) for (kind, p), x in values if kind == "out" and is_float(x)]
+            result = result._replace(narrow=narrowest(found + output_narrowings(outs)))
+        return result
 
+    run.kind = "jax" if backward is None else "manual"
     return run
 
 
@@ -234,7 +266,7 @@ def _as_run(out, taps, dfloats, dtaps, paths, mask, label) -> Run:
         float_paths = [p for p, m in zip(paths, mask, strict=True) if m]
         for p, g in zip(float_paths, dfloats, strict=True):
             grads[("in", p)] = None if g is None else np.asarray(g)
-    return Run(jax.tree.structure(out), values, grads)
+    return Run(canonical_tree(out), values, grads, raw_tree=jax.tree.structure(out))
 
 
 def _torch_to_numpy(t: Any) -> np.ndarray:
@@ -243,7 +275,7 @@ def _torch_to_numpy(t: Any) -> np.ndarray:
     t = t.detach()
     if t.dtype == torch.bfloat16:  # numpy has no bfloat16: through float32, exactly
         return t.float().numpy().astype(jnp.bfloat16)
-    return t.numpy().copy()
+    return t.numpy()  # its own memory already: a gradient, a tap's clone, an output
 
 
 def _torch_dtype_name(t: Any) -> str:
@@ -262,7 +294,7 @@ def _torch_inputs(inputs: list[np.ndarray], dtype: str, grads: bool) -> tuple[li
             given.append(torch.from_numpy(np.array(x, bool if x.dtype == bool else np.int64)))
             continue
         wide = np.float64 if dtype == "float64" else np.float32
-        t = torch.from_numpy(np.array(x, wide)).to(getattr(torch, dtype))
+        t = torch.from_numpy(np.asarray(x, wide)).to(getattr(torch, dtype))  # the run's copy
         leaves.append(t.requires_grad_() if grads else t)
         given.append(t.clone() if grads else t)
     return leaves, given
@@ -277,7 +309,8 @@ def torch_side(fn: Callable, label: str = "torch") -> Callable:
         leaves, given = _torch_inputs(inputs, dtype, grads)
         params, args = jax.tree_util.tree_unflatten(treedef, given)
         rec = TorchTaps()
-        with recording(rec):
+        watch = torch_watch() if dtype == "float64" else ExitStack()
+        with recording(rec), watch:
             out = call(fn, label, params, *args)
         outs = _out_leaves(out, label, torch.Tensor)
         values = {("tap", k): _torch_to_numpy(v) for k, v in rec.values.items()}
@@ -286,8 +319,13 @@ def torch_side(fn: Callable, label: str = "torch") -> Callable:
         if grads:
             _torch_backward(outs, cot_of, label)
             grad_rows = _torch_grads(rec, leaves, paths)
-        return Run(jax.tree.structure(out), values, grad_rows)
+        narrow = None
+        if dtype == "float64":
+            narrow = narrowest(watch.found + output_narrowings(outs))
+        raw = jax.tree.structure(out)
+        return Run(canonical_tree(out), values, grad_rows, narrow, raw)
 
+    run.kind = "torch"
     return run
 
 

@@ -28,8 +28,8 @@ DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class Spec:
-    """A leaf drawn afresh for each seed: `kind` is normal (a = scale), uniform (a, b = low,
-    high) or integers (a, b = low, high, high excluded)."""
+    """A leaf drawn afresh for each seed: `kind` is normal (a, b = scale, mean), uniform (a, b =
+    low, high) or integers (a, b = low, high, high excluded)."""
 
     kind: str
     shape: tuple[int, ...]
@@ -38,7 +38,7 @@ class Spec:
 
     def draw(self, rng: np.random.Generator) -> np.ndarray:
         if self.kind == "normal":
-            return rng.standard_normal(self.shape) * self.a
+            return rng.standard_normal(self.shape) * self.a + self.b
         if self.kind == "uniform":
             return rng.uniform(self.a, self.b, self.shape)
         return rng.integers(int(self.a), int(self.b), self.shape)
@@ -53,9 +53,10 @@ def _shape(shape: Any, kind: str) -> tuple[int, ...]:
     return tuple(int(n) for n in shape)
 
 
-def normal(shape: tuple[int, ...] | int, scale: float = 1.0) -> Spec:
-    """Standard normal values times `scale`."""
-    return Spec("normal", _shape(shape, "normal"), float(scale), 0.0)
+def normal(shape: tuple[int, ...] | int, scale: float = 1.0, mean: float = 0.0) -> Spec:
+    """Standard normal values times `scale`, plus `mean` (an offset is what makes a variance
+    formula cancel: E[x^2] - E[x]^2 on inputs of mean 8 loses bfloat16's every bit)."""
+    return Spec("normal", _shape(shape, "normal"), float(scale), float(mean))
 
 
 def uniform(shape: tuple[int, ...] | int, low: float = 0.0, high: float = 1.0) -> Spec:
@@ -111,8 +112,16 @@ def draw(leaves: list[tuple[str, Any]], seed: int, dtype: str) -> list[np.ndarra
     for i, (_, x) in enumerate(leaves):
         if isinstance(x, Spec):
             x = x.draw(np.random.default_rng([seed, INPUTS, i]))
-        out.append(np.array(x, jnp.dtype(dtype)) if is_float(x) else np.array(x))
+        out.append(_rounded(x, jnp.dtype(dtype)) if is_float(x) else np.array(x))
     return out
+
+
+def _rounded(x: Any, dtype: np.dtype) -> np.ndarray:
+    """x in `dtype`: the caller's own array where it already is (a model's weights are not
+    copied; no side writes to its inputs), else a copy."""
+    if isinstance(x, np.ndarray) and x.dtype == dtype and x.flags.writeable:
+        return x
+    return np.array(x, dtype)
 
 
 def cotangent(seed: int, i: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -121,9 +130,10 @@ def cotangent(seed: int, i: int, shape: tuple[int, ...], dtype: Any) -> np.ndarr
     return rng.standard_normal(math.prod(shape)).reshape(shape).astype(dtype)
 
 
-def perturb(x: np.ndarray, seed: int, stream: int, i: int) -> np.ndarray:
-    """x moved by PERTURB_ULPS float64 ulps (relative), each element in a random direction."""
+def perturb(x: np.ndarray, seed: int, stream: int, i: int, eps: float = EPS64) -> np.ndarray:
+    """x moved by PERTURB_ULPS ulps of size `eps` (float64's; relative), each element in a
+    random direction."""
     if not is_float(x):
         return x
     sign = np.random.default_rng([seed, PERTURBATION, stream, i]).choice([-1.0, 1.0], x.shape)
-    return np.asarray(x * (1.0 + PERTURB_ULPS * EPS64 * sign))
+    return np.asarray(x * (1.0 + PERTURB_ULPS * eps * sign))
