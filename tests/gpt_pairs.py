@@ -128,12 +128,14 @@ def _attention(p: dict, pre: str, x: jax.Array, n_head: int) -> jax.Array:
 
 
 def gpt_jax(cfg: Config):
-    """The port as a function of the flat params `jax_weights` names; each block tapped."""
+    """The port as a function of the flat params `jax_weights` names; each block's input and
+    output tapped by hand, with the names compare_modules gives torch's."""
 
     def forward(p: dict, idx: jax.Array) -> jax.Array:
         x = p["wte"][idx] + p["wpe"][: idx.shape[-1]]
         for i in range(cfg.n_layer):
             pre = f"h.{i}."
+            x = parity.tap(f"transformer.h.{i} (in)", x)  # compare_modules' name for its input
             h = _layernorm(x, p[pre + "ln_1.scale"], p[pre + "ln_1.bias"])
             x = x + _attention(p, pre + "attn.", h, cfg.n_head)
             h = _layernorm(x, p[pre + "ln_2.scale"], p[pre + "ln_2.bias"])

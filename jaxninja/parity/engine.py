@@ -31,6 +31,7 @@ from jaxninja.parity.specs import (
     is_float,
     perturb,
 )
+from jaxninja.parity.spill import seed_folder, spill
 from jaxninja.parity.verdict import Fixed, judged_in, scale
 from jaxninja.parity.watch import Progress, watched_prints
 
@@ -96,6 +97,7 @@ class _Seed:
         self.inputs = draw(leaves, seed, dtype)
         self.progress, self.label, self.cache = progress, label, {}
         self.cot = _Largest(partial(cotangent, seed))
+        self.folder = seed_folder()  # the runs' large arrays, until the seed is judged
 
     def run(self, side: str, dt: str, moved: float | None = None, again: bool = False) -> Run:
         """`side` in `dt` on the drawn inputs; with `moved`, on the inputs and cotangents
@@ -112,7 +114,8 @@ class _Seed:
                 cot = partial(_perturbed_cotangent, self.seed, eps=moved)
             grads = self.grads and not again
             try:
-                self.cache[key] = self.sides[side](xs, self.treedef, self.paths, dt, cot, grads)
+                run = self.sides[side](xs, self.treedef, self.paths, dt, cot, grads)
+                self.cache[key] = spill(run, self.folder)
             except UsageError as e:  # float64 ran first, and passed: the dtype is to blame
                 if dt == "float64":
                     raise

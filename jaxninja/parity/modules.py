@@ -124,7 +124,7 @@ def _torch_weights(module: Any) -> dict[str, np.ndarray]:
     out = {}
     for name, t in own.items():
         t = t.detach().cpu()
-        out[name] = (t.float() if t.dtype == torch.bfloat16 else t).numpy().copy()
+        out[name] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # read, never written
     return out
 
 

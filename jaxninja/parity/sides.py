@@ -44,6 +44,7 @@ _TRACER_ERRORS = (
 # fast math LLVM keeps IEEE semantics at every level.
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 Key = tuple[str, str]  # ("tap", name), ("out", path) or ("in", path)
+SHARED_BYTES = 2**20  # _torch_inputs: a leaf this large is given uncloned in float64
 CotangentOf = Callable[[int, tuple[int, ...], Any], np.ndarray]  # leaf index, shape, dtype
 
 
@@ -282,9 +283,14 @@ def _torch_dtype_name(t: Any) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
-def _torch_inputs(inputs: list[np.ndarray], dtype: str, grads: bool) -> tuple[list, list]:
+def _torch_inputs(
+    inputs: list[np.ndarray], dtype: str, grads: bool, shared: bool = False
+) -> tuple[list, list]:
     """(leaves to read gradients from, what the function gets): each float leaf a fresh tensor
-    of its own, given as a clone so an in-place op on it is allowed and stays on this side."""
+    of its own, given as a clone so an in-place op on it is allowed and stays on this side.
+    `shared`: leaves of SHARED_BYTES or more are given as they are (a float64 run's inputs are
+    the engine's own fresh copies; a model's weights are not held a third time); autograd
+    refuses an in-place op on one, and the run is made again with clones."""
     import torch
 
     leaves, given = [], []
@@ -296,22 +302,28 @@ def _torch_inputs(inputs: list[np.ndarray], dtype: str, grads: bool) -> tuple[li
         wide = np.float64 if dtype == "float64" else np.float32
         t = torch.from_numpy(np.asarray(x, wide)).to(getattr(torch, dtype))  # the run's copy
         leaves.append(t.requires_grad_() if grads else t)
-        given.append(t.clone() if grads else t)
+        big = shared and t.numel() * t.element_size() >= SHARED_BYTES
+        given.append(t.clone() if grads and not big else t)
     return leaves, given
 
 
 def torch_side(fn: Callable, label: str = "torch") -> Callable:
     """A side running a PyTorch function, its gradients by autograd."""
 
-    def run(inputs, treedef, paths, dtype, cot_of, grads) -> Run:
+    def run(inputs, treedef, paths, dtype, cot_of, grads, shared: bool = True) -> Run:
         import torch
 
-        leaves, given = _torch_inputs(inputs, dtype, grads)
+        leaves, given = _torch_inputs(inputs, dtype, grads, shared and dtype == "float64")
         params, args = jax.tree_util.tree_unflatten(treedef, given)
         rec = TorchTaps()
         watch = torch_watch() if dtype == "float64" else ExitStack()
-        with recording(rec), watch:
-            out = call(fn, label, params, *args)
+        try:
+            with recording(rec), watch:
+                out = call(fn, label, params, *args)
+        except UsageError as e:  # an in-place op on a large leaf given as it is: on clones
+            if not (shared and "leaf Variable that requires grad" in str(e)):
+                raise
+            return run(inputs, treedef, paths, dtype, cot_of, grads, shared=False)
         outs = _out_leaves(out, label, torch.Tensor)
         values = {("tap", k): _torch_to_numpy(v) for k, v in rec.values.items()}
         values |= {("out", p): _torch_to_numpy(x) for p, x in outs}
