@@ -132,13 +132,15 @@ BAD = {
         "transpose it",
     ),
     "not a model": ({"model": np.zeros(3)}, "the JAX model is a ndarray: give a flax.linen"),
+    "name_map not a dict": ({"name_map": ["h"]}, "name_map: give a dict of torch submodule"),
+    "depth": ({"depth": 0}, "depth 0: give a positive int"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_one_line(gpt, case):
     given, message = BAD[case]
-    kwargs = {"name_map": given.get("name_map", NAME_MAP)}
+    kwargs = {"name_map": given.get("name_map", NAME_MAP), "depth": given.get("depth")}
     model = given.get("model", ports.LinenGPT(CFG))
     with pytest.raises(UsageError, match=re.escape(message)) as e:
         P.compare_modules(gpt, model, given.get("weights", FLAX_WEIGHTS), IDX, **kwargs)

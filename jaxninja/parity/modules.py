@@ -69,6 +69,8 @@ def compare_modules(
     ones that normalisation cannot pair; `depth` taps only names that many parts deep or less
     (`transformer.h.3` is 3)."""
     module = _torch_module(torch_module)
+    if depth is not None and not (isinstance(depth, int) and depth >= 1):
+        raise UsageError(f"depth {depth!r}: give a positive int (names that many parts deep)")
     model = jax_models.jax_model(jax_model, tuple(_shape_of(a) for a in args))
     params = _torch_weights(module)
     targets = assignment(weights, params, model, module)
@@ -207,6 +209,10 @@ def _renames(
     """name_map as (JAX prefix, torch prefix) pairs, longest first, each name checked."""
     if not name_map:
         return []
+    if not isinstance(name_map, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in name_map.items()
+    ):
+        raise UsageError("name_map: give a dict of torch submodule name -> JAX submodule name")
     if model.kind == "function":
         raise UsageError("name_map: a function's taps are yours to name: name them as torch's")
     jax_names = _jax_module_names(model, targets, args)
