@@ -361,6 +361,9 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from jaxninja import compile_cache
+
+    compile_cache.enable()  # before any compile: a second run of the same shapes loads them
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
