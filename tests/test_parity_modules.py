@@ -73,24 +73,23 @@ def test_linen_bug_is_named_at_its_submodule(gpt, bug, row):
 
 
 def test_nnx_port_right_then_wrong(gpt):
-    P.assert_modules(gpt, ports.NnxGPT(CFG), FLAX_WEIGHTS, IDX, name_map=NAME_MAP, seeds=(0,))
-    bad = P.compare_modules(
-        gpt, ports.NnxGPT(CFG, "ln_eps"), FLAX_WEIGHTS, IDX, name_map=NAME_MAP, seeds=(0,)
-    )
+    """In float64 (the float32 verdict: the linen test)."""
+    kwargs = {"name_map": NAME_MAP, "seeds": (0,), "dtype": "float64"}
+    P.assert_modules(gpt, ports.NnxGPT(CFG), FLAX_WEIGHTS, IDX, **kwargs)
+    bad = P.compare_modules(gpt, ports.NnxGPT(CFG, "ln_eps"), FLAX_WEIGHTS, IDX, **kwargs)
     assert bad.first_tap["name"] == "transformer.h.1.ln_2", bad.format()
 
 
 def test_equinox_port_right_then_wrong(gpt):
     """equinox's per-token layers run under jax.vmap: untapped there (a tap cannot leave the
     vmap), listed as torch's only; the blocks, attention, MLP and GELU are tapped."""
-    weights = ports.eqx_weights(CFG)
-    good = P.assert_modules(gpt, ports.EqxGPT(CFG), weights, IDX, name_map=NAME_MAP, seeds=(0,))
+    weights, kwargs = ports.eqx_weights(CFG), {"seeds": (0,), "dtype": "float64"}
+    good = P.assert_modules(gpt, ports.EqxGPT(CFG), weights, IDX, name_map=NAME_MAP, **kwargs)
     assert {"transformer.h.0.ln_1", "transformer.h.0.mlp.c_fc"} <= one_sided(good)
     assert "transformer.h.0.mlp.gelu" not in one_sided(good)
     bad = P.compare_modules(
-        gpt, ports.EqxGPT(CFG, "gelu_vjp"), weights, IDX, name_map=NAME_MAP,
-        seeds=(0,), dtype="float64",
-    )  # fmt: skip
+        gpt, ports.EqxGPT(CFG, "gelu_vjp"), weights, IDX, name_map=NAME_MAP, **kwargs
+    )
     assert bad.first_tap["name"] == "d transformer.h.0.mlp.gelu (in)", bad.format()
 
 
