@@ -57,3 +57,13 @@ def limit_line(flops: int, per_s: float) -> str:
         f"a step: {flops / 1e6:.2f} MFLOP of matmuls; this machine's dense matmul: "
         f"{per_s / 1e9:.0f} GFLOP/s, so the limit is {flops / per_s * 1e6:.1f} µs/step"
     )
+
+
+def gpt_step_flops(batch: int, block: int, n_embd: int, n_layer: int, vocab: int) -> int:
+    """FLOPs of one GPT training step's matmuls (makemore's Transformer): per Block c_attn
+    (C -> 3C), the causal attention's two (T, T) products at full width, c_proj (C -> C) and
+    the mlp (C -> 4C -> C), 2 * B * T * 12 C**2 + 4 * B * T**2 * C, then lm_head (C -> V);
+    the backward twice the forward (dW and dx of every matmul), so three forwards in all."""
+    B, T, C = batch, block, n_embd
+    forward = n_layer * (2 * B * T * 12 * C * C + 4 * B * T * T * C) + 2 * B * T * C * vocab
+    return 3 * forward

@@ -1,6 +1,6 @@
 """Training speed: jaxninja against the lectures' PyTorch loops, in one process, same machine.
 
-    python benchmarks/train_speed.py [--steps 2000] [--no-compile] [--full] [--model wavenet]
+    python benchmarks/train_speed.py [--steps 2000] [--no-compile] [--full] [--model wavenet|gpt]
 
 Measures µs per training step at the notebook's sizes (n_embd 10, n_hidden 200, block 3,
 batch 32) of
@@ -15,6 +15,16 @@ With --model wavenet, at part 5's sizes (block 8, n_embd 24, n_hidden 128, batch
   (a) the lecture's loop: autograd over its layer classes (torch_ref.wavenet), SGD,
   (b) torch.compile of its forward and loss (autograd compiles the backward with it),
   (c) jaxninja: the jitted chunk on the WaveNet's hand-written backward.
+
+With --model gpt, at makemore's sizes (4 layers, 4 heads, n_embd 64, block 16, batch 32 rows,
+AdamW), every loop from the same initial parameters:
+  (a) makemore's loop: autograd over its classes (torch_ref.gpt), torch.optim.AdamW,
+  (b) torch.compile of (a)'s model (autograd compiles the backward with it),
+  (c) a jitted jax.grad loop of the same model: jaxninja's chunk on jax.grad's gradients
+      (`train --gradients autodiff`), so only where the gradients come from differs from (d),
+  (d) jaxninja: the jitted chunk on the GPT's hand-written backward.
+The jax loops are timed in turns (c, d, c, d, ...), so a load that comes and goes on a shared
+machine falls on both alike.
 """
 
 from __future__ import annotations
@@ -25,9 +35,10 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
-from flops import limit_line, matmul_flops_per_s, step_flops, wavenet_step_flops
+from flops import gpt_step_flops, limit_line, matmul_flops_per_s, step_flops, wavenet_step_flops
 
 
 def time_torch(step, p, X, Y, steps: int, repeats: int, batch_size: int = 32) -> float:
@@ -93,6 +104,33 @@ def time_jaxninja(mc, tc, X, Y, steps: int, repeats: int) -> float:
     return statistics.median(runs)
 
 
+def time_jax_in_turns(mc, tcs: list, X, Y, steps: int, repeats: int) -> list[float]:
+    """Like time_jaxninja, for several TrainConfigs timed in turns: the median µs/step each."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxninja.training.loop import chunk_runner, init_state
+
+    Xd, Yd = jnp.asarray(X), jnp.asarray(Y)
+    loops = []
+    for tc in tcs:
+        state, seed = init_state(mc, tc), np.uint32(tc.seed)
+        run, _ = chunk_runner(mc, tc).executable(tc.chunk_steps, state, 0, Xd, Yd, seed)
+        state = jax.block_until_ready(run(state, 0, Xd, Yd, seed))[0]
+        loops.append([run, state, seed, tc.chunk_steps, []])
+    n_chunks = max(1, steps // tcs[0].chunk_steps)
+    for r in range(repeats):
+        for loop in loops:
+            run, state, seed, chunk, runs = loop
+            t0 = time.perf_counter()
+            for c in range(n_chunks):
+                state, losses, _ = run(state, (r * n_chunks + c + 1) * chunk, Xd, Yd, seed)
+            np.asarray(losses)
+            runs.append((time.perf_counter() - t0) / (n_chunks * chunk) * 1e6)
+            loop[1] = state
+    return [statistics.median(loop[4]) for loop in loops]
+
+
 def print_table(results: dict, jax_us: float, flops: int) -> float:
     """The rows as µs/step, against jaxninja and against this machine's FLOP limit."""
     import jax
@@ -154,6 +192,54 @@ def wavenet_rows(args, X, Y, vocab_size: int) -> tuple[dict, object, object]:
     return results, mc, tc
 
 
+def gpt_rows(args, X, Y, vocab_size: int) -> tuple[dict, object, object]:
+    """makemore's loop, torch.compile of it, the jax.grad loop and jaxninja, makemore's sizes."""
+    import torch
+
+    import torch_ref.gpt
+    from jaxninja.config import model_config, training_config
+    from jaxninja.models.gpt import init_params
+
+    mc = model_config("gpt", "train", vocab_size=vocab_size, block_size=X.shape[1])
+    tc = training_config("gpt", chunk_steps=min(args.steps, 1000))
+    Xt, Yt = torch.tensor(X).long(), torch.tensor(Y).long()
+
+    def makemore_step(compiled: bool):
+        model, _ = torch_ref.gpt.build(init_params(mc, tc.seed), mc.n_head)
+        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2),
+                                weight_decay=tc.weight_decay, eps=tc.adam_eps)  # fmt: skip
+        forward = torch.compile(model) if compiled else model
+
+        def step(_, Xb, Yb, lr):  # makemore's: forward, zero_grad, backward, step
+            _, loss = forward(Xb, Yb)
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    results: dict[str, float | str] = {}
+    results["(a) makemore's loop, autograd + AdamW"] = time_torch(
+        makemore_step(False), None, Xt, Yt, args.steps, args.repeats
+    )
+    if args.no_compile:
+        results["(b) torch.compile of (a)"] = "skipped (--no-compile)"
+    else:
+        try:
+            step = makemore_step(True)
+            results["(b) torch.compile of (a)"] = time_torch(
+                step, None, Xt, Yt, args.steps, args.repeats
+            )
+        except Exception as e:  # inductor needs a working C++ toolchain
+            results["(b) torch.compile of (a)"] = f"failed: {type(e).__name__}"
+    auto, manual = time_jax_in_turns(
+        mc, [replace(tc, gradients="autodiff"), tc], X, Y, args.steps, args.repeats
+    )
+    results["(c) jitted jax.grad loop"] = auto
+    results["(d) jaxninja"] = manual
+    return results, mc, tc
+
+
 def mlp_rows(args, X, Y, vocab_size: int) -> tuple[dict, object, object]:
     """The notebook's loops, torch.compile of the manual one, and jaxninja, at part 4's sizes."""
     import torch
@@ -210,20 +296,26 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="repeats; the median is kept (5)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--full", action="store_true", help="also time jaxninja's full 200k run")
-    ap.add_argument("--model", choices=("mlp", "wavenet"), default="mlp", help="(mlp)")
+    ap.add_argument("--model", choices=("mlp", "wavenet", "gpt"), default="mlp", help="(mlp)")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--data", default=None)
     args = ap.parse_args()
 
-    from jaxninja.data import load_splits, resolve_data_path
+    from jaxninja.data import load_rows, load_splits, resolve_data_path
 
-    block = 8 if args.model == "wavenet" else 3
-    splits = load_splits(resolve_data_path(args.data), block)
+    path = resolve_data_path(args.data)
+    if args.model == "gpt":
+        splits = load_rows(path)  # makemore's rows, block size the longest word + 1
+    else:
+        splits = load_splits(path, 8 if args.model == "wavenet" else 3)
     X, Y = splits.data["train"]
-    rows = wavenet_rows if args.model == "wavenet" else mlp_rows
+    rows = {"mlp": mlp_rows, "wavenet": wavenet_rows, "gpt": gpt_rows}[args.model]
     results, mc, tc = rows(args, X, Y, splits.vocab.size)
-    count = wavenet_step_flops if args.model == "wavenet" else step_flops
-    flops = count(tc.batch_size, mc.block_size, mc.n_embd, mc.n_hidden, mc.vocab_size)
+    if args.model == "gpt":
+        flops = gpt_step_flops(tc.batch_size, mc.block_size, mc.n_embd, mc.n_layer, mc.vocab_size)
+    else:
+        count = wavenet_step_flops if args.model == "wavenet" else step_flops
+        flops = count(tc.batch_size, mc.block_size, mc.n_embd, mc.n_hidden, mc.vocab_size)
     jax_us = next(v for k, v in results.items() if "jaxninja" in k)
     results["FLOP limit µs/step"] = print_table(results, jax_us, flops)
     if args.full:

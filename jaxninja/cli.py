@@ -19,12 +19,6 @@ from jaxninja.cli_flags import MODEL_FLAGS, build_parser
 from jaxninja.config import model_config, training_config
 from jaxninja.errors import Interrupted, LostProcess, UsageError
 
-# what each model's run ends at in its lecture, beside jaxninja's split losses
-LECTURE = {
-    "mlp": "the notebook: train 2.0719, val 2.1162 (calibrated BatchNorm)",
-    "wavenet": "the lecture: train 1.7690, val 1.9937 (running statistics)",
-}
-
 
 def _sizes(args: argparse.Namespace, names: tuple[str, ...] = tuple(MODEL_FLAGS)) -> dict:
     """The size flags given (not None)."""
@@ -33,6 +27,7 @@ def _sizes(args: argparse.Namespace, names: tuple[str, ...] = tuple(MODEL_FLAGS)
 
 def cmd_data(args: argparse.Namespace) -> int:
     from jaxninja import data
+    from jaxninja.models import registry
 
     if args.action == "download":
         dest = data.resolve_data_path(args.data, download=False)
@@ -43,14 +38,31 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"downloaded {dest} (SHA-256 checked)")
         return 0
     path = data.resolve_data_path(args.data)
-    splits = data.load_splits(path, model_config(**_sizes(args, ("block_size",))).block_size)
+    words = data.read_words(path)
+    cfg = _model_for_data(args.model or "mlp", "train", words, _sizes(args, ("block_size",)))
+    splits = registry.splits(cfg, words)
     vocab = splits.vocab
     print(f"data: {path}")
     print(f"vocab_size: {vocab.size} ('.' + {''.join(vocab.chars)!r})")
+    rows = registry.of(cfg).rows
+    what = "makemore's rows: <start> + word, 0-padded" if rows else "context windows"
+    print(f"block_size: {cfg.block_size} ({what})")
     for name in data.SPLITS:
-        X, _ = splits.data[name]
-        print(f"{name:5s}: {len(splits.words[name]):6d} words, {X.shape[0]:7d} examples")
+        X, Y = splits.data[name]
+        count = f", {int((Y != data.IGNORE).sum()):7d} counted positions" if rows else ""
+        unit = "rows" if rows else "examples"
+        print(f"{name:5s}: {len(splits.words[name]):6d} words, {X.shape[0]:7d} {unit}{count}")
     return 0
+
+
+def _model_for_data(model: str, use: str, words: list[str] | None, sizes: dict, **fields):
+    """model_config at `sizes`, its block size the data's where the model takes it from there
+    (the GPT: makemore's longest word + 1) and none is given."""
+    from jaxninja.models import registry
+
+    if words and "block_size" not in sizes and (T := registry.data_block_size(model, words)):
+        sizes = {**sizes, "block_size": T}
+    return model_config(model, use, **sizes, **fields)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -124,17 +136,20 @@ def _run_plan(args: argparse.Namespace):
     return RunPlan(args.seeds, args.devices, _cluster(args))
 
 
-def _train_configs(args: argparse.Namespace, vocab_size: int, resume):
-    """Flags onto ModelConfig and TrainConfig at the defaults of --model's lecture; on --resume
-    the checkpoint's values fill the gaps, and its model is the run's."""
+def _train_configs(
+    args: argparse.Namespace, vocab_size: int, resume, words: list[str] | None = None
+):
+    """Flags onto ModelConfig and TrainConfig at the defaults of --model's lecture (the GPT's
+    block size that of `words`, where given); on --resume the checkpoint's values fill the
+    gaps, and its model is the run's."""
     names = ("steps", "batch_size", "lr", "lr_decay_step", "lr_decay", "optimizer", "seed",
-             "checkpoint_every", "bn_momentum")  # fmt: skip
+             "checkpoint_every", "bn_momentum", "eval_every", "gradients")  # fmt: skip
     train_flags = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if "optimizer" in train_flags and "lr" not in train_flags and not args.resume:
         train_flags["lr"] = None  # the chosen optimizer's default (config.DEFAULT_LR)
     if not resume:
         name = args.model or "mlp"
-        model = model_config(name, "train", vocab_size=vocab_size, **_sizes(args))
+        model = _model_for_data(name, "train", words, _sizes(args), vocab_size=vocab_size)
         return model, training_config(name, **train_flags)
     model, train = resume[0].model, resume[0].train
     if args.model not in (None, model.model):
@@ -160,12 +175,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     words = data.read_words(path)
     chosen = None if args.resume is True else args.resume
     resume = checkpoint.load_run(args.out, args.seeds, chosen) if args.resume else None
-    model_cfg, train_cfg = _train_configs(args, data.Vocab.from_words(words).size, resume)
+    model_cfg, train_cfg = _train_configs(args, data.Vocab.from_words(words).size, resume, words)
     registry.of(model_cfg).check_fits(model_cfg)
-    splits = data.splits_from_words(words, model_cfg.block_size)
+    splits = registry.splits(model_cfg, words)
     preflight.refuse_run(
         model_cfg, train_cfg, splits.data["train"], splits.vocab, args.out, args.seeds, resume,
-        backward=bool(args.backward),
+        backward=bool(args.backward), val=splits.data["val"],
     )  # fmt: skip
     preflight.refuse_foreign_files(args.out, train_cfg, args.seeds)
     writes = args.process_id in (None, 0)
@@ -185,11 +200,15 @@ def _train_and_report(args, path, splits, model_cfg, train_cfg, resume) -> int:
     say = print if main else (lambda *_: None)
     backward = _graded_backward(args.backward, model_cfg, path) if args.backward else None
     many = f"{args.seeds} models of " if args.seeds > 1 else ""
-    say(f"training {many}{train_cfg.steps} steps of {train_cfg.optimizer} on {path}: {model_cfg}")
+    grads = " on jax.grad's gradients (the control)" if train_cfg.gradients == "autodiff" else ""
+    say(
+        f"training {many}{train_cfg.steps} steps of {train_cfg.optimizer}{grads} on {path}: "
+        f"{model_cfg}"
+    )
     result = train(
         model_cfg, train_cfg, splits.data["train"], splits.vocab, args.out, seeds=args.seeds,
         devices=args.devices, resume=resume or False, progress=not args.no_progress and main,
-        log=say, backward=backward,
+        log=say, backward=backward, val=splits.data["val"],
     )  # fmt: skip
     with reporting(result, args.out):
         return _report(args, result, splits, say)
@@ -200,6 +219,7 @@ def _report(args, result, splits, say) -> int:
     from jaxninja.models import registry
     from jaxninja.training import parallel
     from jaxninja.training.plot import PLOT
+    from jaxninja.training.report import LECTURE, print_best, print_seed_table
     from jaxninja.training.sample import sample_names
 
     if result.steps_run:
@@ -212,11 +232,12 @@ def _report(args, result, splits, say) -> int:
     if not parallel.is_main_process():
         return 0
     if args.seeds > 1:
-        _print_seed_table(result.checkpoints, splits)
+        print_seed_table(result.checkpoints, splits, [p.parent for p in result.paths])
         print(f"checkpoints and loss plots: {Path(args.out)}/seed-*/")
         return 0
     ckpt = result.checkpoint
     _print_split_losses(ckpt, splits)
+    print_best(ckpt, result.path.parent, splits)
     print(f"  ({LECTURE[ckpt.model.model]})")
     params = registry.to_device(ckpt.params)
     names = sample_names(ckpt.model, params, ckpt.bn, splits.vocab, n=10, seed=0)
@@ -248,50 +269,10 @@ def _graded_backward(spec: str, model_cfg, data_path: Path):
     return fn
 
 
-def _split_losses(ckpt, splits, bn) -> list[float]:
-    """The checkpoint's loss on each split, BatchNorm on the statistics `bn`."""
-    from jaxninja.data import SPLITS
-    from jaxninja.models import registry
-
-    params = registry.to_device(ckpt.params)
-    return [registry.split_loss(ckpt.model, params, bn, *splits.data[s]) for s in SPLITS]
-
-
-def _stats_of(ckpt) -> list[tuple[str, object]]:
-    """(label, BatchNorm statistics) to evaluate a checkpoint with: calibrated (once training
-    has ended) and running (the lecture's eval in part 5)."""
-    stats = [("calibrated", ckpt.bn_calibrated), ("running", ckpt.bn_running)]
-    return [(label, bn) for label, bn in stats if bn is not None]
-
-
-def _print_seed_table(ckpts, splits) -> None:
-    """Each seed's split losses, then their mean ± sample std; calibrated BatchNorm, then the
-    running statistics."""
-    import numpy as np
-
-    from jaxninja.data import SPLITS
-
-    for label, _ in _stats_of(ckpts[0]):
-        rows = [_split_losses(c, splits, dict(_stats_of(c))[label]) for c in ckpts]
-        print(f"split loss ({label} BatchNorm):")
-        print(f"{'seed':>12s}  " + "  ".join(f"{s:>7s}" for s in SPLITS))
-        for ckpt, row in zip(ckpts, rows, strict=True):
-            print(f"{ckpt.train.seed:12d}  " + "  ".join(f"{v:7.4f}" for v in row))
-        table = np.asarray(rows)
-        spread = table.std(0, ddof=1) if len(rows) > 1 else np.zeros(len(SPLITS))
-        stats = zip(SPLITS, table.mean(0), spread, strict=True)
-        cells = "  ".join(f"{s} {m:.4f} ± {d:.4f}" for s, m, d in stats)
-        print(f"mean ± std over {len(rows)} seeds: {cells}")
-    print(f"  ({LECTURE[ckpts[0].model.model]})")
-
-
 def _print_split_losses(ckpt, splits) -> None:
-    from jaxninja.data import SPLITS
+    from jaxninja.training.report import print_split_losses
 
-    for label, bn in _stats_of(ckpt):
-        losses = _split_losses(ckpt, splits, bn)
-        cells = "  ".join(f"{s} {v:.4f}" for s, v in zip(SPLITS, losses, strict=True))
-        print(f"split loss ({label} BatchNorm): {cells}")
+    print_split_losses(ckpt, splits)
 
 
 def _checked_model(ckpt, wanted: str | None) -> None:
@@ -305,12 +286,13 @@ def _checked_model(ckpt, wanted: str | None) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from jaxninja import data
+    from jaxninja.models import registry
     from jaxninja.training import checkpoint
 
     ckpt = checkpoint.load(args.checkpoint)
     _checked_model(ckpt, args.model)
     path = data.resolve_data_path(args.data)
-    splits = data.load_splits(path, ckpt.model.block_size)
+    splits = registry.splits(ckpt.model, data.read_words(path))
     checkpoint.check_vocab(ckpt, splits.vocab, str(path))
     print(f"checkpoint of the {ckpt.model.model} model at step {ckpt.step} on {path}")
     _print_split_losses(ckpt, splits)

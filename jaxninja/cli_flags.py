@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from jaxninja.config import (
     DEFAULT_LR,
     DEFAULT_TIMEOUT,
+    GRADIENTS,
     MODELS,
     OPTIMIZERS,
     SCHEDULES,
@@ -117,7 +118,11 @@ MODEL_FLAGS = {
     "block_size": "context length",
     "n_embd": "embedding size",
     "n_hidden": "hidden units",
+    "n_layer": "Transformer blocks",
+    "n_head": "attention heads a block (must divide n-embd)",
 }
+# the models a size flag means something to (the others ignore it); a flag not here: all
+FLAG_MODELS = {"n_hidden": ("mlp", "wavenet"), "n_layer": ("gpt",), "n_head": ("gpt",)}
 
 
 def _data_flag() -> Flag:
@@ -134,8 +139,17 @@ def _model_choice(what: str) -> Flag:
         "--model",
         choices=MODELS,
         default=None,
-        help=f"{what}: mlp (part 4, the default) or wavenet (part 5)",
+        help=f"{what}: mlp (part 4, the default), wavenet (part 5) or gpt (part 6, makemore's "
+        "Transformer)",
     )
+
+
+def _size_default(model: str, use: str, name: str) -> str:
+    """A model's default of a size flag, for its help: the GPT's block size in training is the
+    data's (makemore's longest word + 1)."""
+    if (model, use, name) == ("gpt", "train", "block_size"):
+        return "gpt the longest word + 1, 16 for names.txt"
+    return f"{model} {getattr(model_config(model, use), name)}"
 
 
 def _model_flags(use: str, names: tuple[str, ...] = tuple(MODEL_FLAGS)) -> list[Flag]:
@@ -147,7 +161,7 @@ def _model_flags(use: str, names: tuple[str, ...] = tuple(MODEL_FLAGS)) -> list[
             type=_positive_int,
             default=None,
             help=f"{MODEL_FLAGS[name]} "
-            f"({'; '.join(f'{m} {getattr(model_config(m, use), name)}' for m in MODELS)})",
+            f"({'; '.join(_size_default(m, use, name) for m in FLAG_MODELS.get(name, MODELS))})",
         )
         for name in names
     ]
@@ -165,7 +179,8 @@ def _data_command() -> Command:
                 help="show (default): vocabulary and split sizes; download: fetch names.txt",
             ),
             _data_flag(),
-            *_model_flags("check", names=("block_size",)),
+            _model_choice("the model whose data to show (the gpt's: makemore's rows)"),
+            *_model_flags("train", names=("block_size",)),
             flag("--url", default=None, help="download from this address instead"),
             flag("--force", action="store_true", help="download even if the file exists"),
         ],
@@ -246,7 +261,9 @@ def _train_config_flags() -> list[Flag]:
         ("seed", _nonnegative_int, "initialisation and batches"),
         ("checkpoint_every", _positive_int, "steps between checkpoints"),
         ("bn_momentum", _positive_float, "of BatchNorm's running statistics"),
-    )
+        ("eval_every", _positive_int, "steps between evaluations of the val split; the best "
+         "model is kept as best.safetensors in --out"),
+    )  # fmt: skip
     return [
         flag(f"--{name.replace('_', '-')}", type=kind, help=f"{what}{_shown_default(name)}")
         for name, kind, what in specs
@@ -254,17 +271,23 @@ def _train_config_flags() -> list[Flag]:
         flag(
             "--optimizer",
             choices=OPTIMIZERS,
-            help=f"sgd (the notebook's) or adam ({TrainConfig.optimizer})",
-        )
+            help=f"sgd (the notebook's), adam, or adamw (makemore's){_shown_default('optimizer')}",
+        ),
+        flag(
+            "--gradients",
+            choices=GRADIENTS,
+            help="manual: the model's hand-written backward; autodiff: jax.grad of its forward, "
+            f"the control to compare a run with ({TrainConfig.gradients})",
+        ),
     ]
 
 
 def _shown_default(name: str) -> str:
     """' (default; mlp x; wavenet y)': TrainConfig's default and the lectures' schedules."""
     default = getattr(TrainConfig, name)
-    if default is None:
-        return ""
     lectures = "".join(f"; {m} {s[name]}" for m, s in SCHEDULES.items() if name in s)
+    if default is None:  # lr: the optimizer's; eval_every: none, but where a lecture's is
+        return f" (off{lectures})" if lectures else ""
     return f" ({default}{lectures})"
 
 

@@ -165,7 +165,7 @@ def test_train_resumes_bit_identical_and_refuses_the_other_model(names_path, tmp
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model", "nope"], "invalid choice: 'nope' (choose from mlp, wavenet)"),
+        (["--model", "nope"], "invalid choice: 'nope' (choose from mlp, wavenet, gpt)"),
         (["--model", "wavenet", "--block-size", "6"], "--block-size 6 does not reduce to 1"),
     ],
 )

@@ -1,7 +1,8 @@
 """Evaluation of any model over a whole split, streamed: BatchNorm calibration and split losses.
 
 Memory stays at a chunk's activations however large the split: the forward runs under jit on
-chunks of EVAL_CHUNK examples, and their sums are added up on the host in float64. Full chunks
+chunks of EVAL_CHUNK targets (examples, or for makemore's rows EVAL_CHUNK // T rows of T
+positions), and their sums are added up on the host in float64. Full chunks
 go unmasked (XLA fuses the sum into the matmul); the last, partial one is padded to the full
 size and masked, so one shape serves every split. A model supplies two functions of
 (params, bn, X), each made once per config so jit caches it: its inference logits, and the
@@ -31,23 +32,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxninja.config import EVAL_CHUNK
+from jaxninja.data import IGNORE
 from jaxninja.models.layers import BNStats, along_last, batch_axes
 
 # ~50 MB of activations a chunk at the MLP's 200 hidden units in float32
 
 
-def chunks(X: np.ndarray | jax.Array, *more) -> Iterator[tuple[list[np.ndarray], Any]]:
-    """([X's chunk, more's chunks], None for a full chunk or the mask of a padded last one)."""
-    n = len(X)
-    for start in range(0, n, EVAL_CHUNK):
-        rows = slice(start, min(start + EVAL_CHUNK, n))
+def chunks(
+    X: np.ndarray | jax.Array, *more, size: int | None = None
+) -> Iterator[tuple[list[np.ndarray], Any]]:
+    """([X's chunk, more's chunks] of `size` rows (EVAL_CHUNK), None for a full chunk or the
+    mask of a padded last one)."""
+    n, size = len(X), size or EVAL_CHUNK
+    for start in range(0, n, size):
+        rows = slice(start, min(start + size, n))
         parts = [np.asarray(a[rows]) for a in (X, *more)]
-        if len(parts[0]) == EVAL_CHUNK:
+        if len(parts[0]) == size:
             yield parts, None
             continue
-        pad = EVAL_CHUNK - len(parts[0])
+        pad = size - len(parts[0])
         parts = [np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in parts]
-        yield parts, np.arange(EVAL_CHUNK) < EVAL_CHUNK - pad
+        yield parts, np.arange(size) < size - pad
 
 
 @partial(jax.jit, static_argnames=("bn_input", "power"))
@@ -92,17 +97,29 @@ def calibrate(
 
 
 @partial(jax.jit, static_argnames="logits")
-def _nll_sum(logits: Callable, params, bn, X, Y, mask) -> jax.Array:
-    z = logits(params, bn, X)  # (N, V)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(z, axis=1), Y[:, None], axis=1)[:, 0]
-    return nll.sum() if mask is None else jnp.where(mask, nll, 0).sum()
+def _nll_sum(logits: Callable, params, bn, X, Y, mask) -> tuple[jax.Array, jax.Array]:
+    """(the summed negative log-likelihood, the count) over a chunk's counted targets: every
+    real row's one (N,), or the positions of its (N, T) not IGNORE."""
+    z = logits(params, bn, X)  # (N, V) or (N, T, V)
+    counted = Y != IGNORE
+    if mask is not None:
+        counted = counted & mask.reshape((-1,) + (1,) * (Y.ndim - 1))
+    logprobs = jax.nn.log_softmax(z, axis=-1)
+    nll = -jnp.take_along_axis(logprobs, jnp.where(counted, Y, 0)[..., None], axis=-1)[..., 0]
+    if mask is None and Y.ndim == 1:  # every target counts: the unmasked sum XLA fuses
+        return nll.sum(), jnp.asarray(len(Y))
+    return jnp.where(counted, nll, 0).sum(), counted.sum()
 
 
 def split_loss(logits: Callable, params, bn, X: np.ndarray, Y: np.ndarray) -> float:
-    """The notebook's split_loss: mean cross-entropy over a whole split in inference mode."""
+    """The notebook's split_loss: mean cross-entropy over a whole split in inference mode, over
+    its targets (N,), or over the counted positions of makemore's rows (N, T) (its evaluate:
+    the sum over every counted position over their count). Chunks of EVAL_CHUNK targets."""
     if len(X) == 0:
         return float("nan")
-    total = sum(
-        float(_nll_sum(logits, params, bn, Xc, Yc, mask)) for (Xc, Yc), mask in chunks(X, Y)
-    )
-    return total / len(X)
+    total, count = 0.0, 0
+    size = max(1, EVAL_CHUNK // int(np.prod(np.shape(Y)[1:])))  # rows a chunk
+    for (Xc, Yc), mask in chunks(X, Y, size=size):
+        nll, n = _nll_sum(logits, params, bn, Xc, Yc, mask)
+        total, count = total + float(nll), count + int(n)
+    return total / count if count else float("nan")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import lru_cache
 from typing import NamedTuple
 
 import jax
@@ -253,6 +254,26 @@ def loss_and_grads(cfg: ModelConfig, axis_name: str | None = None) -> Callable:
         return loss, backward(cfg, dlogits, caches, axis_name), {}
 
     return run
+
+
+def forward_loss(
+    cfg: ModelConfig, params: Params, X: jax.Array, Y: jax.Array, axis_name: str | None = None
+) -> jax.Array:
+    """The training forward's loss, the mean over the global batch's counted positions; what
+    the jax.grad control (registry.py) differentiates."""
+    logits, _ = forward(cfg, params, X)
+    return tf.cross_entropy_forward(logits, Y, axis_name)[0][0]
+
+
+@lru_cache(maxsize=64)
+def eval_fns(cfg: ModelConfig) -> tuple[Callable, dict[str, Callable]]:
+    """(logits (params, bn, X) -> (N, T, V), {}: no BatchNorm), made once per config so that
+    evaluate.py's jit caches it."""
+
+    def logits(params: Params, bn: dict, X: jax.Array) -> jax.Array:
+        return forward(cfg, params, X)[0]
+
+    return logits, {}
 
 
 def forward_tapped(

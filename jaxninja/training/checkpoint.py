@@ -1,5 +1,6 @@
-"""Checkpoints as safetensors: params, BatchNorm statistics, optimizer state, loss log, and in
-the metadata the configs, the vocabulary and the step.
+"""Checkpoints as safetensors: params, BatchNorm statistics, optimizer state, loss log, the
+evaluations of the val split so far, and in the metadata the configs, the vocabulary and the
+step. A run that evaluates keeps its best model too, as `best.safetensors` beside the others.
 
 Written atomically (a temp file in the same directory, fsync, rename), so a crash or Ctrl-C
 mid-write leaves the previous checkpoint intact. Loading validates everything a later command
@@ -53,11 +54,25 @@ class Checkpoint(NamedTuple):
     opt_leaves: list[np.ndarray]  # the optimizer state, flattened
     losses: np.ndarray  # (step,) the training loss of every step so far
     path: Path | None = None  # the file it was loaded from
+    # (k, 2) float64: each evaluation so far (train --eval-every), its step and val loss
+    evals: np.ndarray = np.zeros((0, 2))
+
+    @property
+    def best(self) -> tuple[int, float] | None:
+        """The evaluation of the lowest val loss so far (the first, on a tie): (step, val loss),
+        the model best.safetensors holds; None before any."""
+        if len(self.evals) == 0:
+            return None
+        i = int(np.argmin(self.evals[:, 1]))
+        return int(self.evals[i, 0]), float(self.evals[i, 1])
 
     @property
     def bn(self) -> dict[str, BNStats]:
         """The statistics inference uses: calibrated where there are some, else running."""
         return self.bn_calibrated if self.bn_calibrated is not None else self.bn_running
+
+
+BEST = "best.safetensors"  # in a run directory: the checkpoint of the lowest val loss so far
 
 
 def filename(step: int) -> str:
@@ -78,6 +93,7 @@ def save(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     for i, leaf in enumerate(ckpt.opt_leaves):
         tensors[f"opt/{i:03d}"] = np.asarray(leaf)
     tensors["losses"] = np.asarray(ckpt.losses, ckpt.model.dtype)  # as trained: a resume is exact
+    tensors["evals"] = np.asarray(ckpt.evals, np.float64).reshape(-1, 2)
     metadata = {
         "format": FORMAT,
         "step": str(ckpt.step),
@@ -282,9 +298,13 @@ def load(path: str | os.PathLike) -> Checkpoint:
         calibrated = {n: BNStats(tensors[f"{n}/mean"], tensors[f"{n}/var"]) for n in bn_names}
     opt_keys = sorted(k for k in tensors if k.startswith("opt/"))
     losses = tensors.get("losses", np.zeros((0,), np.float32))
+    evals = tensors.get("evals", np.zeros((0, 2)))
+    if evals.ndim != 2 or evals.shape[1] != 2:
+        raise BadCheckpoint(f"{path} is inconsistent: evals is {list(evals.shape)}, not (k, 2)")
+    calibrated = calibrated if bn_names else None  # no BatchNorm: nothing was calibrated
     return Checkpoint(
         step, model, train, vocab, params, bn_running, calibrated,
-        [tensors[k] for k in opt_keys], losses, path,
+        [tensors[k] for k in opt_keys], losses, path, evals,
     )  # fmt: skip
 
 

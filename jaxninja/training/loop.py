@@ -3,8 +3,9 @@ the progress bar, the NaN check and the checkpoints between them.
 
 A run is one model, or many seeds at once, on one device or split over several (parallel.py).
 What it refuses is asked first (preflight.py); a signal is answered between chunks by saving
-and stopping (signals.py); its end is calibrated BatchNorm statistics, a final checkpoint and
-the loss plot (plot.py).
+and stopping (signals.py); with --eval-every, the val split is evaluated between chunks and the
+best model kept (evals.py); its end is calibrated BatchNorm statistics (for a model that has
+BatchNorm), a final checkpoint and the loss plot (plot.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from jaxninja.data import Vocab
 from jaxninja.errors import Interrupted, LostProcess, UsageError
 from jaxninja.models import registry
 from jaxninja.models.layers import BNStats
-from jaxninja.training import checkpoint, parallel
+from jaxninja.training import checkpoint, evals, parallel
 from jaxninja.training.parallel import SEEDS
 from jaxninja.training.plot import plot_all
 from jaxninja.training.preflight import refuse_foreign_files, refuse_run, run_dirs, run_mesh
@@ -97,13 +98,16 @@ class Progress:
     state: TrainState  # placed: on the mesh, or the device; a leading model axis for many
     losses: list[np.ndarray]  # the loss log in (n, models) pieces
     last_saved: Path | None  # the latest checkpoint on disk
+    evals: list[np.ndarray]  # each model's evaluations so far, (k, 2): step, val loss
     train_seconds: float = 0.0
     compile_seconds: float = 0.0
 
 
 def plan_run(mc, tc, data, vocab, out_dir, where: parallel.RunPlan, backward, resume) -> Plan:
-    """The run, once preflight.py has nothing against it (`resume`: None, or its checkpoints)."""
-    refuse_run(mc, tc, data, vocab, out_dir, where.models, resume, backward is not None)
+    """The run, once preflight.py has nothing against it (`data`: the train and val splits;
+    `resume`: None, or its checkpoints)."""
+    (data, val) = data
+    refuse_run(mc, tc, data, vocab, out_dir, where.models, resume, backward is not None, val)
     mesh = run_mesh(where, tc, backward is not None)
     configs = tuple(replace(tc, seed=s) for s in seeds_of(tc, where.models))
     runner = chunk_runner(mc, tc, len(configs), mesh, backward)
@@ -114,12 +118,14 @@ def plan_run(mc, tc, data, vocab, out_dir, where: parallel.RunPlan, backward, re
 def start(plan: Plan, resume: list[checkpoint.Checkpoint] | None, say: Callable) -> Progress:
     """A fresh run's first state, or the state of the checkpoints it resumes from."""
     if resume is None:
-        return Progress(0, _placed(plan, [init_state(plan.mc, c) for c in plan.configs]), [], None)
+        states = [init_state(plan.mc, c) for c in plan.configs]
+        return Progress(0, _placed(plan, states), [], None, [np.zeros((0, 2))] * plan.models)
     step = resume[0].step
     last = resume[0].path if plan.models == 1 else checkpoint.latest(plan.dirs[0])
     say(f"resuming from {last if plan.models == 1 else plan.out_dir} at step {step}")
     states = [state_from_checkpoint(c) for c in resume]
-    return Progress(step, _placed(plan, states), [np.stack([c.losses for c in resume], 1)], last)
+    losses = [np.stack([c.losses for c in resume], 1)]
+    return Progress(step, _placed(plan, states), losses, last, [c.evals for c in resume])
 
 
 def _placed(plan: Plan, states: list[TrainState]) -> TrainState:
@@ -137,31 +143,57 @@ def _model(tree: Any, k: int, models: int) -> Any:
     return tree if models == 1 else jax.tree.map(lambda x: x[k], tree)
 
 
+def checkpoints_of(
+    plan: Plan, at: Progress, calibrated: list[dict[str, BNStats]] | None = None
+) -> list[checkpoint.Checkpoint]:
+    """Every model's checkpoint at the current step (on the host; not written)."""
+    host = parallel.fetch(at.state)
+    log_all = np.concatenate(at.losses) if at.losses else np.zeros((0, plan.models), np.float32)
+    ckpts = []
+    for k, cfg in enumerate(plan.configs):
+        mine = _model(host, k, plan.models)
+        bn = mine.bn_running, calibrated[k] if calibrated else None
+        opt_leaves = list(jax.tree.leaves(mine.opt_state))
+        fields = (at.step, plan.mc, cfg, plan.vocab, dict(mine.params), *bn, opt_leaves)
+        ckpts.append(checkpoint.Checkpoint(*fields, log_all[:, k], evals=at.evals[k]))
+    return ckpts
+
+
 def save_all(
     plan: Plan, at: Progress, calibrated: list[dict[str, BNStats]] | None = None
 ) -> list[checkpoint.Checkpoint]:
     """Every model's checkpoint at the current step; process 0 writes them."""
-    host = parallel.fetch(at.state)
-    log_all = np.concatenate(at.losses) if at.losses else np.zeros((0, plan.models), np.float32)
-    ckpts = []
-    for k, (cfg, run_dir) in enumerate(zip(plan.configs, plan.dirs, strict=True)):
-        mine = _model(host, k, plan.models)
-        bn = mine.bn_running, calibrated[k] if calibrated else None
-        opt_leaves = list(jax.tree.leaves(mine.opt_state))
-        ckpt = checkpoint.Checkpoint(
-            at.step, plan.mc, cfg, plan.vocab, dict(mine.params), *bn, opt_leaves, log_all[:, k]
-        )
-        ckpts.append(ckpt)
-        if parallel.is_main_process():
-            checkpoint.save(run_dir / checkpoint.filename(at.step), ckpts[-1])
+    ckpts = checkpoints_of(plan, at, calibrated)
+    if parallel.is_main_process():
+        for ckpt, run_dir in zip(ckpts, plan.dirs, strict=True):
+            checkpoint.save(run_dir / checkpoint.filename(at.step), ckpt)
     at.last_saved = plan.dirs[0] / checkpoint.filename(at.step)
     return ckpts
 
 
+def evaluate(plan: Plan, at: Progress, val: tuple[np.ndarray, np.ndarray]) -> str:
+    """Each model's val loss at this step, added to its evaluations; best.safetensors for each
+    model it is the best of so far (evals.py). The line that says so."""
+    host = parallel.fetch(at.state)
+    losses = []
+    for k in range(plan.models):
+        mine = _model(host, k, plan.models)
+        losses.append(evals.val_loss(plan.mc, mine.params, mine.bn_running, val))
+        at.evals[k] = np.concatenate([at.evals[k], [[at.step, losses[-1]]]])
+    better = sum(evals.keep_best(checkpoints_of(plan, at), plan.dirs))
+    if plan.models == 1:
+        kept = f", the best so far: saved {plan.dirs[0] / checkpoint.BEST}" if better else ""
+        return f"{at.step:7d}/{plan.steps:7d}: val {losses[0]:.4f}{kept}"
+    kept = f", the best so far of {better} seeds: saved their {checkpoint.BEST}" if better else ""
+    return f"{at.step:7d}/{plan.steps:7d}: val {np.mean(losses):.4f} (mean of {plan.models}){kept}"
+
+
 def run_chunk(plan: Plan, at: Progress, X: jax.Array, Y: jax.Array) -> np.ndarray:
     """Train one chunk, up to the next checkpoint or the end; advance `at`; its losses (n, K)."""
-    every = plan.configs[0].checkpoint_every
-    n = min(plan.configs[0].chunk_steps, plan.steps - at.step, every - at.step % every)
+    tc = plan.configs[0]
+    every = tc.checkpoint_every
+    n = min(tc.chunk_steps, plan.steps - at.step, every - at.step % every)
+    n = min(n, evals.steps_to_next(tc, at.step) or n)
     args = (at.state, at.step, X, Y, plan.first_seed)
     chunk, seconds = plan.runner.executable(n, *args)
     at.compile_seconds += seconds
@@ -209,6 +241,7 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     backward: Callable | None = None,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train on (X, Y), checkpointing into out_dir; returns the final, calibrated checkpoints.
 
@@ -216,12 +249,13 @@ def train(
     own out_dir/seed-<seed>; `devices` (parallel.RunPlan) spreads the models, or one model's
     batch. `resume`: True, or the run's latest checkpoints already loaded (checkpoint.load_run).
     Only process 0 writes. `backward`, an exercise-1 function (step.py's `_loss_and_grads`),
-    replaces the fused backward; it runs on one device.
+    replaces the fused backward; it runs on one device. `val`, the val split that a run of
+    tc.eval_every evaluates (evals.py).
     """
     if resume is True:
         resume = checkpoint.load_run(out_dir, seeds)
     where = parallel.RunPlan(seeds, devices)
-    plan = plan_run(mc, tc, data, vocab, out_dir, where, backward, resume or None)
+    plan = plan_run(mc, tc, (data, val), vocab, out_dir, where, backward, resume or None)
     say = log if parallel.is_main_process() else (lambda _: None)
     at = start(plan, resume or None, say)
     first = at.step
@@ -232,6 +266,8 @@ def train(
             losses = run_chunk(plan, at, X, Y)
             bar.update(len(losses))
             bar.set_postfix(loss=f"{losses.mean():.4f}")
+            if evals.due(tc, at.step):
+                (bar.write if progress else say)(evaluate(plan, at, val))
             if at.step % tc.checkpoint_every == 0 and at.step < plan.steps:
                 save_all(plan, at)
                 (bar.write if progress else say)(_saved_line(plan, at, losses))
@@ -239,15 +275,18 @@ def train(
         # A signal from here on waits for the last checkpoint (the calibration takes seconds)
         calibrated = None if at.step < plan.steps else _calibrate(plan, at, data[0])
         final = save_all(plan, at, calibrated=calibrated)
-        plot_all(at.losses, plan.dirs)
+        plot_all(at.losses, plan.dirs, at.evals)
     if stop.signum is not None:  # stopped by a signal: saved; say how to resume, or that it ended
         raise Interrupted(stopped(stop.signum, at.step, plan), stop.signum)
     paths = [d / checkpoint.filename(at.step) for d in plan.dirs]
     return TrainResult(final, paths, at.train_seconds, at.compile_seconds, at.step - first)
 
 
-def _calibrate(plan: Plan, at: Progress, X: np.ndarray) -> list[dict[str, BNStats]]:
-    """Each model's BatchNorm statistics over the whole train split (registry.calibrate)."""
+def _calibrate(plan: Plan, at: Progress, X: np.ndarray) -> list[dict[str, BNStats]] | None:
+    """Each model's BatchNorm statistics over the whole train split (registry.calibrate); None
+    for a model without BatchNorm."""
+    if not registry.of(plan.mc).bn_shapes(plan.mc):
+        return None
     host = parallel.fetch(at.state.params)
     stats = [
         registry.calibrate(plan.mc, registry.to_device(_model(host, k, plan.models)), X)

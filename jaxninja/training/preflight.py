@@ -56,17 +56,31 @@ def refuse_run(
     models: int,
     resume: list[checkpoint.Checkpoint] | None,
     backward: bool,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Whatever the devices, what refuses a run of `models` models on the train split `data`:
     `resume`, the checkpoints it continues (None: a fresh run); `backward`, whether it trains
-    on an exercise-1 function."""
+    on an exercise-1 function; `val`, the val split a run of tc.eval_every evaluates."""
     check_batch_size(tc.batch_size, len(data[0]))
     if data[0].shape[1] != mc.block_size:
         raise UsageError(f"the data has block size {data[0].shape[1]}, the model {mc.block_size}")
     seeds = seeds_of(tc, models)
     if backward and mc.model != "mlp":  # exercise 1's function is the MLP's backward
         raise UsageError(f"--backward trains the mlp on exercise 1, not the {mc.model}: drop it")
+    if backward and tc.gradients != "manual":
+        raise UsageError("--backward is your exercise-1 gradients, not jax.grad's: drop one")
+    if tc.eval_every is not None and (val is None or len(val[0]) == 0):
+        raise UsageError(
+            f"--eval-every {tc.eval_every} evaluates the val split, and it is empty: use a larger "
+            "words file, or drop --eval-every"
+        )
     if resume is None:
+        dirs = run_dirs(out_dir, tc, models)
+        if used := [d / checkpoint.BEST for d in dirs if (d / checkpoint.BEST).exists()]:
+            raise UsageError(
+                f"{used[0]} is another run's best model: pass --resume to continue that run, "
+                "or choose another --out"
+            )
         if checkpoint.latest(out_dir) or checkpoint.seed_runs(out_dir):
             raise UsageError(
                 f"{out_dir} already holds checkpoints: pass --resume to continue, "

@@ -1,8 +1,9 @@
 """One training step on the hand-written backward, and the jitted chunk of steps the loop runs.
 
 Each step draws its batch from `fold_in(key, step)`, runs the model's forward and its fused
-hand-written backward (no jax.grad), and applies the gradients with optax (`sgd`, the
-notebook's, or `adam`). Steps run in chunks under one jitted `lax.scan`, so there is no Python
+hand-written backward (no jax.grad; `--gradients autodiff` takes jax.grad's instead, the
+control), and applies the gradients with optax (`sgd`, the notebook's, `adam`, or `adamw`,
+makemore's). Steps run in chunks under one jitted `lax.scan`, so there is no Python
 work per step. A step's batch and learning rate depend only on the step number, so a run resumed
 from a checkpoint ends bit-identical to one that never stopped.
 
@@ -44,13 +45,21 @@ class TrainState(NamedTuple):
 
 
 def make_optimizer(tc: TrainConfig, dtype: str) -> optax.GradientTransformation:
-    """The notebook's step schedule (lr, then lr * lr_decay from lr_decay_step) in optax."""
+    """The notebook's step schedule (lr, then lr * lr_decay from lr_decay_step) in optax: SGD,
+    Adam, or AdamW with decoupled weight decay on every parameter (torch.optim.AdamW's, which
+    makemore's configure_optimizers uses: lr * weight_decay * p taken off before the Adam
+    step, which optax.adamw matches to float64 rounding)."""
     lr0, lr1 = jnp.asarray(tc.lr, dtype), jnp.asarray(tc.lr_decayed, dtype)
 
     def schedule(count: jax.Array) -> jax.Array:
         return jnp.where(count < tc.lr_decay_step, lr0, lr1)
 
-    return optax.sgd(schedule) if tc.optimizer == "sgd" else optax.adam(schedule)
+    if tc.optimizer == "sgd":
+        return optax.sgd(schedule)
+    adam = {"b1": tc.beta1, "b2": tc.beta2, "eps": tc.adam_eps}
+    if tc.optimizer == "adam":
+        return optax.adam(schedule, **adam)
+    return optax.adamw(schedule, **adam, weight_decay=tc.weight_decay)
 
 
 def batches(seed: int | jax.Array, steps: jax.Array, n_examples: int, batch_size: int) -> jax.Array:
@@ -99,19 +108,24 @@ def seeds_of(tc: TrainConfig, n_models: int) -> tuple[int, ...]:
     return tuple(range(tc.seed, tc.seed + n_models))
 
 
-def _loss_and_grads(mc: ModelConfig, axis_name: str | None, backward: Callable | None) -> Callable:
+def _loss_and_grads(
+    mc: ModelConfig, axis_name: str | None, backward: Callable | None, autodiff: bool = False
+) -> Callable:
     """(params, Xb, Yb) -> (loss, the parameters' gradients, the batch's BatchNorm statistics).
 
-    The model's own hand-written backward (registry.py); or, with `backward` (the MLP's
-    exercise-1 function, `fn(params, v, Xb, Yb) -> dict`, e.g. a learner's), the chunked
-    forward and that backward.
+    The model's own hand-written backward (registry.py), or with `autodiff` jax.grad of its
+    forward (the control); or, with `backward` (the MLP's exercise-1 function,
+    `fn(params, v, Xb, Yb) -> dict`, e.g. a learner's), the chunked forward and that backward.
     """
 
     def atomic(params, Xb, Yb):
         loss, v = forward_chunked(params, Xb, Yb, eps=mc.eps)
         return loss, backward(params, v, Xb, Yb), {"bn": BNStats(v["bnmeani"], v["bnvar"])}
 
-    return registry.of(mc).loss_and_grads(mc, axis_name) if backward is None else atomic
+    if backward is not None:
+        return atomic
+    model = registry.of(mc)
+    return (model.loss_and_grads_autodiff if autodiff else model.loss_and_grads)(mc, axis_name)
 
 
 def _train_step(
@@ -120,7 +134,7 @@ def _train_step(
     """One model's step: forward, manual backward, optax update, running BatchNorm stats."""
     opt = make_optimizer(tc, mc.dtype)
     m = tc.bn_momentum
-    loss_and_grads = _loss_and_grads(mc, axis_name, backward)
+    loss_and_grads = _loss_and_grads(mc, axis_name, backward, tc.gradients == "autodiff")
 
     def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array]):
         Xb, Yb = batch  # (B, T), (B,): this device's slice of the batch under a data mesh
@@ -154,7 +168,7 @@ class ChunkRunner(NamedTuple):
 
 # What no step reads: a run's length, its chunks and checkpoints, and its seed (an argument of
 # the chunk). Runs that differ only there share one ChunkRunner.
-_RUN_ONLY = ("steps", "chunk_steps", "checkpoint_every", "seed")
+_RUN_ONLY = ("steps", "chunk_steps", "checkpoint_every", "seed", "eval_every")
 
 
 def chunk_runner(
