@@ -67,40 +67,53 @@ def _model_for_data(model: str, use: str, words: list[str] | None, sizes: dict, 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from jaxninja import data
-    from jaxninja.check import mlp, wavenet
+    from jaxninja.check import gpt, mlp, wavenet
     from jaxninja.config import check_batch_size
     from jaxninja.parity.table import format_table
 
-    if args.candidate or args.exercise:
+    if args.candidate or args.exercise or args.watch:
         return _grade(args)
     args.batch_size = 32 if args.batch_size is None else args.batch_size
     args.seed = 0 if args.seed is None else args.seed
     check_batch_size(args.batch_size)
     cfg = model_config(args.model or "mlp", "check", dtype=args.dtype, **_sizes(args))
     path = data.resolve_data_path(args.data)
-    splits = data.load_splits(path, cfg.block_size)
+    splits = (data.load_rows if cfg.model == "gpt" else data.load_splits)(path, cfg.block_size)
     cfg = replace(cfg, vocab_size=splits.vocab.size)
-    check = mlp.run_check if cfg.model == "mlp" else wavenet.run_check
+    check = {"mlp": mlp.run_check, "wavenet": wavenet.run_check, "gpt": gpt.run_check}[cfg.model]
     report = check(cfg, *splits.data["train"], batch_size=args.batch_size, seed=args.seed)
     print(report.to_json() if args.json else format_table(report, wide=args.wide))
     return 0 if report.ok else 1
 
 
 def _grade(args: argparse.Namespace) -> int:
-    """check --candidate: the same table, JSON and exit code, for the learner's function."""
-    from jaxninja.learn.grader import grade, load_function, load_module
-
+    """check --candidate: the same table, JSON and exit code, for the learner's function; with
+    --watch, again on every save of its file (learn/watch.py), until Ctrl-C."""
     if not (args.candidate and args.exercise):
         raise UsageError(
             "--candidate and --exercise go together: --candidate PATH.py:FUNCTION --exercise "
-            "1|2|3, or --candidate PATH.py --exercise 5"
+            "1|2|3, or --candidate PATH.py --exercise 5|6"
         )
     if args.exercise == 4:
         raise UsageError(
             "exercise 4 is training on your exercise-1 gradients: jaxninja train --backward "
             "ex1_backward.py:backward"
         )
-    fn, name = (load_module if args.exercise == 5 else load_function)(args.candidate)
+    if args.watch:
+        from jaxninja.learn.watch import watch, watched_file
+
+        return watch(watched_file(args.candidate), lambda: _grade_once(args))
+    return _grade_once(args)
+
+
+def _grade_once(args: argparse.Namespace) -> int:
+    """One grade of the file as it is now (imported afresh): its table or JSON, its exit code."""
+    from jaxninja.learn.grader import grade, load_function, load_module
+
+    if args.exercise in (5, 6):
+        fn, name = load_module(args.candidate, args.exercise)
+    else:
+        fn, name = load_function(args.candidate)
     result = grade(
         fn, args.exercise, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size,
         data=args.data, name=name, timeout=args.timeout, **_sizes(args),
@@ -323,8 +336,9 @@ def cmd_exercises(args: argparse.Namespace) -> int:
     if kept:
         print(f"kept {', '.join(p.name for p in kept)}: already there, left as they are")
     print(
-        "open walkthrough.ipynb (part 4) and wavenet_walkthrough.ipynb (part 5), fill the "
-        f"`...  # TODO` lines, then grade from {args.folder}:"
+        "open walkthrough.ipynb (part 4), wavenet_walkthrough.ipynb (part 5) and "
+        "gpt_walkthrough.ipynb (part 6), fill the `...  # TODO` lines, then grade from "
+        f"{args.folder} (--watch: again on every save):"
     )
     for command in GRADE_COMMANDS.values():
         print(f"  {command}")

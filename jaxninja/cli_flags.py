@@ -95,10 +95,10 @@ def _positive_float(text: str) -> float:
 
 
 def _exercise(text: str) -> int:
-    """--exercise: 1, 2, 3 or 5; 4 passes, for cmd_check to say that it is train --backward."""
-    if text.strip() not in ("1", "2", "3", "4", "5"):
+    """--exercise: 1, 2, 3, 5 or 6; 4 passes, for cmd_check to say that it is train --backward."""
+    if text.strip() not in ("1", "2", "3", "4", "5", "6"):
         raise argparse.ArgumentTypeError(
-            f"must be 1, 2, 3 or 5, got {text!r} (exercise 4 is jaxninja train --backward)"
+            f"must be 1, 2, 3, 5 or 6, got {text!r} (exercise 4 is jaxninja train --backward)"
         )
     return int(text)
 
@@ -227,18 +227,27 @@ def _candidate_flags() -> list[Flag]:
             "--candidate",
             metavar="PATH.py:FUNCTION",
             help="grade your own function (also module:function) instead of jaxninja's "
-            "backward; for exercise 5 the file alone, PATH.py (or module): both its functions "
-            "are graded",
+            "backward; for exercises 5 and 6 the file alone, PATH.py (or module): both its "
+            "functions are graded",
         ),
         flag(
             "--exercise",
             type=_exercise,
-            metavar="{1,2,3,5}",
+            metavar="{1,2,3,5,6}",
             help="the exercise --candidate answers: 1 fn(params, v, Xb, Yb) -> dict, "
             "2 fn(logits, Yb) -> dlogits, 3 fn(dhpreact, bngain, bnvar_inv, bnraw) -> dhprebn; "
             "5 (part 5, the WaveNet) flatten_consecutive_backward(dout, n) -> dx and "
             "batchnorm_backward(dout, bnraw, bnvar_inv, gamma) -> (dx, dgamma, dbeta), graded "
-            "in the WaveNet's stack at its sizes (exercise 4 is train --backward)",
+            "in the WaveNet's stack at its sizes; 6 (part 6, makemore's GPT) "
+            "layernorm_backward(dout, xhat, rstd, weight) -> (dx, dweight, dbias) and "
+            "attention_backward(dy, q, k, v, att) -> (dq, dk, dv), graded in every LayerNorm and "
+            "attention of the GPT at its sizes (exercise 4 is train --backward)",
+        ),
+        flag(
+            "--watch",
+            action="store_true",
+            help="with --candidate: stay, and grade again on every save of the file (one "
+            "process: jax imported once, the references kept in memory); Ctrl-C to stop",
         ),
         flag(
             "--timeout",

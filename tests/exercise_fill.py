@@ -1,6 +1,7 @@
 """Fill an exercise file's blanks (`dX = ...  # TODO`) from the project's own solution: each
 blank gets the lines of the solution that end with the last assignment of its gradient.
-Exercise 5's solution (the learner's signatures are not layers.py's) is written out here."""
+Exercises 5's and 6's solutions (the learner's signatures are not the layers') are written out
+here."""
 
 from __future__ import annotations
 
@@ -66,16 +67,49 @@ EX5_SOLUTION = {
         ],
     },
 }
+# Exercise 6's, likewise.
+EX6_SOLUTION = {
+    "layernorm_backward": {
+        "dweight": ["    dweight = (dout * xhat).sum((0, 1))"],
+        "dbias": ["    dbias = dout.sum((0, 1))"],
+        "dx": [
+            "    dnorm = dout * weight  # (B, T, C)",
+            "    dx = rstd * (dnorm - dnorm.mean(-1, keepdims=True)"
+            " - xhat * (dnorm * xhat).mean(-1, keepdims=True))",
+        ],
+    },
+    "attention_backward": {
+        "datt": ["    datt = dy @ v.swapaxes(-1, -2)  # (B, nh, T, T)"],
+        "dv": ["    dv = att.swapaxes(-1, -2) @ dy"],
+        "dscores": [
+            "    dscores = att * (datt - (datt * att).sum(-1, keepdims=True))",
+            "    dscores = dscores * (1.0 / math.sqrt(q.shape[-1]))",
+        ],
+        "dq": ["    dq = dscores @ k"],
+        "dk": ["    dk = dscores.swapaxes(-1, -2) @ q"],
+    },
+}
 EX5_BLANK = re.compile(r"^(\s*)(\w+) = \.\.\.  # TODO$")
 
 
-def fill_ex5(text: str, only: tuple[str, ...] = tuple(EX5_SOLUTION)) -> str:
-    """ex5_wavenet.py with the blanks of the functions in `only` filled; the others left blank."""
+def fill_functions(text: str, solution: dict, only: tuple[str, ...] | None = None) -> str:
+    """An exercise file with the blanks of the functions in `only` (all: None) filled from
+    `solution`; the others left blank."""
     out, function = [], None
     for line in text.splitlines():
         if line.startswith("def "):
             function = line[4:].split("(")[0]
         m = EX5_BLANK.match(line)
-        fill = m and function in only
-        out.extend(EX5_SOLUTION[function][m.group(2)] if fill else [line])
+        fill = m and function in (solution if only is None else only)
+        out.extend(solution[function][m.group(2)] if fill else [line])
     return "\n".join(out) + "\n"
+
+
+def fill_ex5(text: str, only: tuple[str, ...] = tuple(EX5_SOLUTION)) -> str:
+    """ex5_wavenet.py with the blanks of the functions in `only` filled; the others left blank."""
+    return fill_functions(text, EX5_SOLUTION, only)
+
+
+def fill_ex6(text: str, only: tuple[str, ...] = tuple(EX6_SOLUTION)) -> str:
+    """ex6_transformer.py with the blanks of the functions in `only` filled; the others blank."""
+    return fill_functions(text, EX6_SOLUTION, only)

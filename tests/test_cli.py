@@ -92,7 +92,8 @@ def test_check_without_torch(names_path, capsys, monkeypatch):
         (["train", "--lr", "nan"], "--lr: must be a finite number > 0, got nan"),
         (
             ["check", "--exercise", "7"],
-            "--exercise: must be 1, 2, 3 or 5, got '7' (exercise 4 is jaxninja train --backward)",
+            "--exercise: must be 1, 2, 3, 5 or 6, got '7' (exercise 4 is jaxninja train "
+            "--backward)",
         ),
     ],
 )
@@ -107,13 +108,13 @@ def test_bad_input_is_one_line(args, message, capsys):
 
 
 def test_check_help_lists_the_exercises_and_the_exit_codes(capsys):
-    """The exercises are 1, 2, 3 and 5 wherever they are listed; exit 0 with --candidate means
+    """The exercises are 1, 2, 3, 5 and 6 wherever they are listed; exit 0 with --candidate means
     every row written so far is right, not that the exercise is done."""
     with pytest.raises(SystemExit) as e:
         main(["check", "--help"])
     assert e.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "--exercise {1,2,3,5}" in text and "(exercise 4 is train --backward)" in text
+    assert "--exercise {1,2,3,5,6}" in text and "(exercise 4 is train --backward)" in text
     codes = (
         "exit codes: 0 every row right (with --candidate: all written rows right, so a partly "
         "written exercise exits 0 too); 1 a row is wrong; 2 bad input (one line says what); 3, "

@@ -17,7 +17,13 @@ import pytest
 from jaxninja import grade, load_function
 from jaxninja.cli import main
 from jaxninja.errors import UsageError
-from jaxninja.learn.files import EXERCISE_FILES, GRADE_COMMANDS, source, write_exercises
+from jaxninja.learn.files import (
+    EXERCISE_FILES,
+    GRADE_COMMANDS,
+    NOTEBOOKS,
+    source,
+    write_exercises,
+)
 from jaxninja.models.mlp import GRAD_ORDER
 from tests.exercise_fill import filled_ex1, solution_blocks
 
@@ -254,7 +260,7 @@ def test_exercises_cli_writes_then_keeps(tmp_path, capsys):
     out = capsys.readouterr().out
     assert all(command in out for command in GRADE_COMMANDS.values())
     written = sorted(p.name for p in (tmp_path / "new").iterdir())
-    assert written == sorted([*EXERCISE_FILES, "walkthrough.ipynb", "wavenet_walkthrough.ipynb"])
+    assert written == sorted([*EXERCISE_FILES, *NOTEBOOKS.values()])
     for name in EXERCISE_FILES:  # shipped as package data; no solution in them
         text = (tmp_path / "new" / name).read_text()
         assert text == source(name).read_text() and "# TODO" in text
@@ -265,7 +271,8 @@ def test_exercises_cli_writes_then_keeps(tmp_path, capsys):
     assert main(["exercises", str(tmp_path / "new")]) == 0
     out = capsys.readouterr().out
     assert "wrote ex3_batchnorm.py into" in out
-    assert "kept ex1_backward.py, ex2_cross_entropy.py, ex5_wavenet.py, walkthrough.ipynb" in out
+    kept = "kept ex1_backward.py, ex2_cross_entropy.py, ex5_wavenet.py, ex6_transformer.py, "
+    assert kept + "walkthrough.ipynb" in out
     assert mine.read_text() == "my work"
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == written  # no temp files left
 

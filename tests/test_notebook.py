@@ -2,7 +2,8 @@
 bottom beside the unfilled exercise files (nbclient, on this Python's kernel), and then, in the
 same live kernel, its cells are re-run after the exercise files are edited on disk, as a learner
 would: each re-run must grade (and train on) the code the file holds now. Part 4's notebook
-(exercises 1 to 4), then part 5's (exercise 5, the WaveNet)."""
+(exercises 1 to 4), then part 5's (exercise 5, the WaveNet), then part 6's (exercise 6, the
+GPT)."""
 
 import re
 import time
@@ -12,7 +13,7 @@ import pytest
 from nbclient import NotebookClient
 
 from jaxninja.learn.files import write_exercises
-from tests.exercise_fill import fill, fill_ex5, solution_blocks
+from tests.exercise_fill import fill, fill_ex5, fill_ex6, solution_blocks
 
 EX2_RIGHT = "(jax.nn.softmax(logits, axis=1) - jax.nn.one_hot(Yb, V)) / n"
 
@@ -133,3 +134,30 @@ def test_wavenet_walkthrough_runs_then_regrades_and_trains_on_the_edit(
         for a, b in zip(_last_loss_and_val(yours), _last_loss_and_val(fallback), strict=True):
             assert abs(a - b) < 0.01, (yours, fallback)
         print(f"the re-runs took {time.perf_counter() - t0:.1f} s")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_gpt_walkthrough_runs_then_regrades_the_edit(tmp_path, names_path, monkeypatch):
+    monkeypatch.setenv("JAXNINJA_DATA", str(names_path))
+    write_exercises(tmp_path)
+    nb = nbformat.read(tmp_path / "gpt_walkthrough.ipynb", as_version=4)
+    grade_cell = _code_cell(nb, "print(jn.grade(ex6, exercise=6, name=spec).format())")
+    client = NotebookClient(nb, timeout=300, resources={"metadata": {"path": str(tmp_path)}})
+    with client.setup_kernel():
+        t0 = time.perf_counter()
+        for i, cell in enumerate(nb.cells):
+            client.execute_cell(cell, i)
+        print(f"the GPT walkthrough ran in {time.perf_counter() - t0:.1f} s")
+        outputs = "".join(_text(c) for c in nb.cells if c.cell_type == "code")
+        assert outputs.count("approximate: True") == 89  # the GPT's backward against jax.grad
+        assert "dpos (1, 2, 2) is dx summed over the batch: True" in outputs
+        assert "NOT STARTED: 0 of 31 written" in _text(nb.cells[grade_cell])
+
+        # the solution written into the file: the re-run grades it
+        t0 = time.perf_counter()
+        ex6 = tmp_path / "ex6_transformer.py"
+        ex6.write_text(fill_ex6(ex6.read_text()))
+        client.execute_cell(nb.cells[grade_cell], grade_cell)
+        graded = _text(nb.cells[grade_cell])
+        assert "OK: 31 of 31 written, all right in 2 cases" in graded, graded
+        print(f"the re-run took {time.perf_counter() - t0:.1f} s")

@@ -19,27 +19,19 @@ from functools import partial
 import jax
 import numpy as np
 
-from jaxninja.check.mlp import upcast
+from jaxninja.check import sources as checked_sources
+from jaxninja.check.sources import SOURCES, WAYS
 from jaxninja.config import ModelConfig
 from jaxninja.models import layers, wavenet
-from jaxninja.models.mlp import Case, make_case, to_device
-from jaxninja.parity.named import F64, MOVED, Rules, judge_rows, moved_cotangent, moved_inputs
-from jaxninja.parity.sides import check_context, torch_available
-from jaxninja.parity.table import Report, make_report
+from jaxninja.models.mlp import Case
+from jaxninja.parity.named import Rules
+from jaxninja.parity.table import Report
 
-WAYS = {
-    "jax.grad": ("manual", "jax.grad"),
-    "torch": ("manual", "torch autograd"),
-    "layer vjp": ("manual", "layer vjp"),
-    "grad~torch": ("jax.grad", "torch autograd"),
-}
-SOURCES = ("manual", "jax.grad", "layer vjp", "torch autograd")
+__all__ = ["CHECKED", "SOURCES", "WAYS", "gradient_sources", "layer_vjps", "rules", "run_check"]
 
 
 def rules(cfg: ModelConfig, batch_size: int, ways=WAYS, sources=SOURCES) -> Rules:
-    order = wavenet.grad_order(cfg)
-    shapes = {**wavenet.output_shapes(cfg, batch_size), **wavenet.param_shapes(cfg)}
-    return Rules(ways, order, shapes, dict.fromkeys(sources, order))
+    return checked_sources.rules(CHECKED, cfg, batch_size, ways, sources)
 
 
 def layer_vjps(cfg: ModelConfig, params, Xb, Yb, manual: dict[str, jax.Array]) -> dict:
@@ -77,42 +69,29 @@ def _jax_sources(cfg: ModelConfig, net: tuple[layers.Layer, ...] | None, params,
     return loss, sources
 
 
-# jitted: eagerly, each of the stack's ops would be dispatched (and compiled) one by one (9 s here)
-_grads_autodiff = jax.jit(wavenet.grads_autodiff, static_argnums=0)
+def _torch(cfg: ModelConfig, params, Xb, Yb):
+    import torch_ref
+
+    return torch_ref.wavenet.autograd(params, Xb, Yb, eps=cfg.eps)
 
 
-def _in(cfg: ModelConfig, dtype: str) -> ModelConfig:
-    return ModelConfig(**{**cfg.__dict__, "dtype": dtype})
+def _shapes(cfg: ModelConfig, batch_size: int) -> dict[str, tuple[int, ...]]:
+    return {**wavenet.output_shapes(cfg, batch_size), **wavenet.param_shapes(cfg)}
 
 
-def run_sources(cfg: ModelConfig, params, Xb, Yb, with_torch: bool, net=None):
-    """Every source's rows in cfg's dtype (numpy), and the losses; `net`: the stack whose
-    backward is checked (wavenet.with_backwards: other code in a layer's seat)."""
-    loss, sources = _jax_sources(cfg, net, to_device(params), Xb, Yb)
-    losses = {"stack": float(loss)}
-    if with_torch:
-        import torch_ref
-
-        losses["torch"], sources["torch autograd"] = torch_ref.wavenet.autograd(
-            params, Xb, Yb, eps=cfg.eps
-        )
-    return jax.tree.map(np.asarray, sources), losses
+CHECKED = checked_sources.Checked(
+    "wavenet", wavenet.grad_order, _shapes, wavenet.check_params, _jax_sources,
+    jax.jit(layer_vjps, static_argnums=0), _torch,
+)  # fmt: skip
 
 
 def gradient_sources(
     cfg: ModelConfig, case: Case, with_torch: bool, net: tuple[layers.Layer, ...] | None = None
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
     """The engine's flat sources (named.py) and the losses in the case's dtype; the references
-    use the model's own stack, `net` the one checked."""
-    sources, losses = run_sources(cfg, case.params, case.Xb, case.Yb, with_torch, net)
-    with jax.enable_x64(True):
-        cfg64 = _in(cfg, "float64")
-        if cfg.dtype != "float64":
-            wide, _ = run_sources(cfg64, upcast(case.params), case.Xb, case.Yb, with_torch, net)
-            sources |= {s + F64: g for s, g in wide.items()}
-        moved = _grads_autodiff(cfg64, to_device(moved_inputs(case.params, 0)), case.Xb, case.Yb)
-        sources[MOVED] = {k: np.asarray(v) * moved_cotangent(0) for k, v in moved.items()}
-    return sources, losses
+    use the model's own stack, `net` (wavenet.with_backwards: other code in a layer's seat) the
+    one checked."""
+    return checked_sources.gradient_sources(CHECKED, cfg, case, with_torch, net)
 
 
 def run_check(
@@ -126,10 +105,4 @@ def run_check(
 ) -> Report:
     """Build the seeded case from (X, Y) and compare every way on it; `net` as in
     `gradient_sources`."""
-    if with_torch is None:
-        with_torch = torch_available()
-    case = make_case(cfg, X, Y, batch_size, seed, init=wavenet.check_params)
-    with check_context(cfg.dtype):
-        sources, losses = gradient_sources(cfg, case, with_torch, net)
-    rows = judge_rows(sources, rules(cfg, batch_size), cfg.dtype)
-    return make_report(cfg.dtype, batch_size, seed, WAYS, rows, losses, cfg.model)
+    return checked_sources.check_case(CHECKED, cfg, X, Y, batch_size, seed, with_torch, net)[0]

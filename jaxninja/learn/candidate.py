@@ -188,12 +188,14 @@ def load_function(spec: str) -> tuple[Callable, str]:
     return fn, spec
 
 
-def load_module(spec: str) -> tuple[ModuleType, str]:
-    """`PATH.py` or `module` -> (the module, its name as given), imported afresh on each call."""
+def load_module(spec: str, exercise: int = 5) -> tuple[ModuleType, str]:
+    """`PATH.py` or `module` -> (the module, its name as given), imported afresh on each call;
+    `exercise`: the one (5 or 6) that looks up its functions in it."""
     path_part, sep, func = spec.rpartition(":")
     if sep and path_part and func.isidentifier():
         raise UsageError(
-            f"{spec!r}: name the file alone, {path_part}: exercise 5 looks up both its functions"
+            f"{spec!r}: name the file alone, {path_part}: exercise {exercise} looks up both its "
+            "functions"
         )
     return _load_module(spec), spec
 

@@ -2,9 +2,9 @@
 
 They ship as package data (jaxninja/learn/exercises), so a pip install has them. The notebooks are
 there as percent-format scripts (they review as code) and written out as .ipynb by jupytext: one
-for part 4 (exercises 1 to 4), one for part 5 (exercise 5, the WaveNet). Nothing a learner
-already has is overwritten: a file already in the folder is kept as it is, and only the missing
-ones are written (so a deleted exercise can be had back).
+for part 4 (exercises 1 to 4), one for part 5 (exercise 5, the WaveNet), one for part 6 (exercise
+6, makemore's GPT). Nothing a learner already has is overwritten: a file already in the folder is
+kept as it is, and only the missing ones are written (so a deleted exercise can be had back).
 """
 
 from __future__ import annotations
@@ -16,11 +16,15 @@ from pathlib import Path
 from jaxninja.errors import UsageError
 from jaxninja.fileio import atomic_path
 
-EXERCISE_FILES = ("ex1_backward.py", "ex2_cross_entropy.py", "ex3_batchnorm.py", "ex5_wavenet.py")
+EXERCISE_FILES = (
+    "ex1_backward.py", "ex2_cross_entropy.py", "ex3_batchnorm.py", "ex5_wavenet.py",
+    "ex6_transformer.py",
+)  # fmt: skip
 # each notebook's script -> the notebook written out
 NOTEBOOKS = {
     "walkthrough.py": "walkthrough.ipynb",
     "wavenet_walkthrough.py": "wavenet_walkthrough.ipynb",
+    "gpt_walkthrough.py": "gpt_walkthrough.ipynb",
 }
 # how each file is graded, from the folder that holds it
 GRADE_COMMANDS = {
@@ -32,6 +36,7 @@ GRADE_COMMANDS = {
         "jaxninja check --candidate ex3_batchnorm.py:batchnorm_backward --exercise 3"
     ),
     "ex5_wavenet.py": "jaxninja check --candidate ex5_wavenet.py --exercise 5",
+    "ex6_transformer.py": "jaxninja check --candidate ex6_transformer.py --exercise 6",
 }
 
 

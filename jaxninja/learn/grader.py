@@ -1,5 +1,6 @@
 """Grade a learner's own backward: the MLP's check (check/mlp.py) with their function in the seat
-of exercise 1, 2 or 3; for exercise 5, the WaveNet's (grader_wavenet.py).
+of exercise 1, 2 or 3; for exercise 5, the WaveNet's (grader_wavenet.py); for exercise 6, the
+GPT's (grader_gpt.py).
 
 `grade(fn, exercise)` runs `fn` on seeded cases (by default the notebook's batch of 32 and a
 batch of 5 of another seed, so a batch size written in by hand, or a fit to one input, fails) and
@@ -19,6 +20,10 @@ The signatures, one per exercise (the exercise files, `jaxninja exercises DIR`, 
      flatten_consecutive_backward(dout, n) -> dx and
      batchnorm_backward(dout, bnraw, bnvar_inv, gamma) -> (dx, dgamma, dbeta), graded in every
      seat of the WaveNet's stack (grader_wavenet.py)
+  6. two functions, likewise: part 6's layers' backwards,
+     layernorm_backward(dout, xhat, rstd, weight) -> (dx, dweight, dbias) and
+     attention_backward(dy, q, k, v, att) -> (dq, dk, dv), graded in every seat of the GPT
+     (grader_gpt.py)
 A function that returns `...` (an unfilled exercise) has written nothing yet.
 """
 
@@ -37,7 +42,7 @@ from jaxninja.check import mlp as mlp_check
 from jaxninja.config import check_batch_size, model_config
 from jaxninja.data import resolve_data_path
 from jaxninja.errors import UsageError
-from jaxninja.learn import candidate, grader_wavenet, hints, references
+from jaxninja.learn import candidate, grader_gpt, grader_wavenet, hints, references, seating
 from jaxninja.learn.candidate import DEFAULT_TIMEOUT, load_function, load_module, run_once
 from jaxninja.models.mlp import GRAD_ORDER
 from jaxninja.parity.named import F64, judge_rows
@@ -49,14 +54,17 @@ __all__ = ["EXERCISES", "Grade", "grade", "load_function", "load_module"]
 
 class Exercise(NamedTuple):
     signature: str
-    rows: tuple[str, ...]  # the tensors whose gradients it writes (exercise 5: the stack's say)
+    rows: tuple[str, ...]  # the tensors whose gradients it writes (exercises 5, 6: the model's say)
 
 
+# the exercises of layer backwards, graded in every seat of their model (seating.py)
+SEATED = {5: grader_wavenet.SEATED, 6: grader_gpt.SEATED}
 EXERCISES = {
     1: Exercise("fn(params, v, Xb, Yb) -> dict of gradients by tensor name", GRAD_ORDER),
     2: Exercise("fn(logits, Yb) -> dlogits", ("logits",)),
     3: Exercise("fn(dhpreact, bngain, bnvar_inv, bnraw) -> dhprebn", ("hprebn",)),
     5: Exercise(grader_wavenet.SIGNATURE, ()),
+    6: Exercise(grader_gpt.SIGNATURE, ()),
 }
 # (batch size, seed): the notebook's case, and a small odd batch of another seed
 DEFAULT_CASES = ((32, 0), (5, 1))
@@ -173,40 +181,49 @@ def grade(
     n_hidden: int | None = None,
     n_embd: int | None = None,
     block_size: int | None = None,
+    n_layer: int | None = None,
+    n_head: int | None = None,
     data: str | None = None,
     with_torch: bool | None = None,
     name: str | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
 ) -> Grade:
-    """Grade `fn` as exercise 1, 2, 3 or 5 (signatures in the module docstring; for exercise 5,
-    a module or a mapping holding its two functions by name). With `seed` or `batch_size`
-    given, that one case (the other from the defaults); else DEFAULT_CASES. The sizes left None
-    are the exercise's model's for a check (the MLP's 3, 10, 64; the WaveNet's 8, 24, 128).
+    """Grade `fn` as exercise 1, 2, 3, 5 or 6 (signatures in the module docstring; for exercises
+    5 and 6, a module or a mapping holding its two functions by name). With `seed` or
+    `batch_size` given, that one case (the other from the defaults); else DEFAULT_CASES. The
+    sizes left None are the exercise's model's for a check (the MLP's 3, 10, 64; the WaveNet's
+    8, 24, 128; the GPT's block size 16, n_embd 64, 4 layers of 4 heads).
 
     What the function is compared against is computed once (references.py) and kept, in this
     process and on disk. `timeout`: seconds a case may spend in `fn` (tracing it included)
     before it is stopped; None for no limit."""
     if exercise not in EXERCISES:
         four = " (exercise 4 is training: jaxninja train --backward PATH.py:FUNCTION)"
-        raise UsageError(f"exercise must be 1, 2, 3 or 5, got {exercise!r}{four * (exercise == 4)}")
-    fns = grader_wavenet.functions(fn) if exercise == 5 else _check_arity(fn, exercise)
+        raise UsageError(
+            f"exercise must be 1, 2, 3, 5 or 6, got {exercise!r}{four * (exercise == 4)}"
+        )
+    seated = SEATED.get(exercise)
+    fns = seating.functions(seated, fn) if seated else _check_arity(fn, exercise)
     cases = _cases(seed, batch_size)
-    model = "wavenet" if exercise == 5 else "mlp"
-    given = {"block_size": block_size, "n_embd": n_embd, "n_hidden": n_hidden}
+    model = seated.checked.model if seated else "mlp"
+    given = {"block_size": block_size, "n_embd": n_embd, "n_hidden": n_hidden,
+             "n_layer": n_layer, "n_head": n_head}  # fmt: skip
     given = {k: v for k, v in given.items() if v is not None}
     cfg = model_config(model, "check", vocab_size=2, dtype=dtype, **given)  # the sizes' checks
-    sizes = references.Sizes(cfg.block_size, cfg.n_embd, cfg.n_hidden, dtype, model)
+    sizes = references.Sizes(
+        cfg.block_size, cfg.n_embd, cfg.n_hidden, dtype, model, cfg.n_layer, cfg.n_head
+    )
     if with_torch is None:
         with_torch = torch_available()
     path = resolve_data_path(data)
     results = []
     for b, s in cases:
         refs = references.references(path, sizes, b, s, with_torch)
-        if exercise == 5:
-            results.append(grader_wavenet.grade_case(fns, refs, timeout))
+        if seated:
+            results.append(seating.grade_case(seated, fns, refs, timeout))
         else:
             results.append(_grade_case(fn, exercise, refs, timeout))
-    rows = tuple(grader_wavenet.seats(cfg)) if exercise == 5 else EXERCISES[exercise].rows
+    rows = tuple(seated.seats(cfg)) if seated else EXERCISES[exercise].rows
     reports = [r for r, _, _, _ in results]
     written = [k for k in rows if k in results[0][1]]
     notes = tuple(dict.fromkeys(n for _, _, _, ns in results for n in ns))

@@ -11,33 +11,27 @@ gradient of its output. A learner's rows are the gradients their functions retur
 every FlattenConsecutive and BatchNorm (each named as the stack names it, by the layer whose
 output it is: flatten3's dx is the row `tanh2`) and the BatchNorms' dgamma and dbeta.
 
-A gradient still `...` is not written, and jaxninja's own flows on in its place, so either
-function can be graded alone. One of the wrong shape is a shape error in its row, and the
-backward goes on with jaxninja's, so the first failure is where the mistake is. What is compared
-against is the learner-independent part of stack_check's sources, kept by references.py.
+The seating, what a blank or a wrong shape does, and the grade of a case are seating.py's,
+shared with exercise 6.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, NamedTuple
+from collections.abc import Callable
 
-import jax
 import numpy as np
 
 from jaxninja.check import wavenet as wavenet_check
-from jaxninja.check.mlp import upcast
+from jaxninja.check.sources import close
 from jaxninja.config import WAVENET_FLATTEN, ModelConfig
-from jaxninja.errors import UsageError
-from jaxninja.learn import candidate, references
+from jaxninja.learn import candidate, references, seating
+from jaxninja.learn.seating import Seat, array, flowing
 from jaxninja.models import wavenet
 from jaxninja.models.layers import Layer
-from jaxninja.parity.named import F64, judge_rows
-from jaxninja.parity.sides import check_context
-from jaxninja.parity.table import Report, make_report
+from jaxninja.parity.named import F64
+from jaxninja.parity.table import Report
 
 # the layers' kinds (as wavenet.with_backwards names them) -> the learner's function, its arity
 FUNCTIONS = {"flatten": ("flatten_consecutive_backward", 2), "bn": ("batchnorm_backward", 4)}
@@ -46,21 +40,6 @@ SIGNATURES = {
     "bn": "batchnorm_backward(dout, bnraw, bnvar_inv, gamma) -> (dx, dgamma, dbeta)",
 }
 SIGNATURE = "\n".join(SIGNATURES.values())  # a line each, as a grade shows them
-# the learner's rows against every other source, as stack_check's ways against the manual one
-WAYS = {
-    "jax.grad": ("yours", "jax.grad"),
-    "torch": ("yours", "torch autograd"),
-    "manual": ("yours", "manual"),
-    "layer vjp": ("yours", "layer vjp"),
-}
-
-
-class Seat(NamedTuple):
-    """Where a row of the learner's comes from: a layer (`bn2`), its kind, which output."""
-
-    layer: str
-    kind: str  # "flatten" or "bn"
-    output: str  # "dx", "dgamma" or "dbeta"
 
 
 def _kind(layer: Layer) -> str:
@@ -79,39 +58,6 @@ def seats(cfg: ModelConfig) -> dict[str, Seat]:
     return {row: found[row] for row in wavenet.grad_order(cfg) if row in found}
 
 
-def functions(given: Any) -> dict[str, Callable]:
-    """The learner's two functions by kind, from a module (or any object holding them by name)
-    or a mapping by name; each checked for its number of arguments."""
-    found = {}
-    for kind, (name, arity) in FUNCTIONS.items():
-        fn = given.get(name) if isinstance(given, Mapping) else getattr(given, name, None)
-        if not callable(fn):
-            where = getattr(given, "__file__", None) or type(given).__name__
-            raise UsageError(
-                f"exercise 5 grades {' and '.join(n for n, _ in FUNCTIONS.values())}; "
-                f"{Path(where).name} has no function {name}"
-            )
-        candidate.check_arity(fn, arity, 5, SIGNATURES[kind])
-        found[kind] = fn
-    return found
-
-
-# --- the seats ----------------------------------------------------------------------------------
-
-
-def _array(x: Any, what: str) -> Any:
-    if x is not Ellipsis and not hasattr(x, "shape"):
-        raise UsageError(f"exercise 5: {what} is a {type(x).__name__}, not an array")
-    return x
-
-
-def _flowing(dx: Any, own: jax.Array) -> jax.Array:
-    """What flows on to the layer below: the learner's dx, or jaxninja's where theirs is blank or
-    of another shape or dtype (its own row says so)."""
-    ok = dx is not Ellipsis and dx.shape == own.shape and dx.dtype == own.dtype
-    return dx if ok else own
-
-
 def _flatten_seat(fn: Callable, layer: Layer, below: str, seen: dict) -> Callable:
     def backward(dout, shape):
         _, own = layer.backward(dout, shape)
@@ -121,9 +67,9 @@ def _flatten_seat(fn: Callable, layer: Layer, below: str, seen: dict) -> Callabl
             if dout.ndim == 2:
                 e.add_note(candidate.HINT_NOTE + _squeezed(layer.name, dout.shape, shape))
             raise
-        if _array(dx, "flatten_consecutive_backward's dx") is not Ellipsis:
+        if array(dx, "flatten_consecutive_backward's dx", 5) is not Ellipsis:
             seen[below] = dx
-        return {}, _flowing(dx, own)
+        return {}, flowing(dx, own)
 
     return backward
 
@@ -133,19 +79,15 @@ def _bn_seat(fn: Callable, layer: Layer, below: str, seen: dict, inputs: dict) -
         own_params, own = layer.backward(dout, cache)
         inputs[layer.name] = (cache.bnraw, cache.bnvar_inv)
         out = fn(dout, cache.bnraw, cache.bnvar_inv, cache.bngain)
-        if out is Ellipsis:
-            out = (..., ..., ...)
-        if not isinstance(out, tuple | list) or len(out) != 3:
-            got = f"{len(out)} values" if isinstance(out, tuple | list) else type(out).__name__
-            raise UsageError(f"exercise 5: {SIGNATURES['bn']}, but yours returned {got}")
+        out = seating.outputs(out, 3, 5, SIGNATURES["bn"])
         names = ("dx", "dgamma", "dbeta")
         dx, dgamma, dbeta = (
-            _array(x, f"batchnorm_backward's {k}") for x, k in zip(out, names, strict=True)
+            array(x, f"batchnorm_backward's {k}", 5) for x, k in zip(out, names, strict=True)
         )
         for row, g in ((f"{layer.name}.gamma", dgamma), (f"{layer.name}.beta", dbeta), (below, dx)):
             if g is not Ellipsis:
                 seen[row] = g
-        return own_params, _flowing(dx, own)  # the parameters' rows: `seen`, whatever shape
+        return own_params, flowing(dx, own)  # the parameters' rows: `seen`, whatever shape
 
     return backward
 
@@ -167,52 +109,15 @@ def _seated(cfg: ModelConfig, fns: dict[str, Callable], seen: dict, inputs: dict
 
 def _candidate_run(cfg: ModelConfig, fns: dict[str, Callable]) -> Callable:
     """(params, Xb, Yb) -> (loss, the gradients as they flowed, the learner's outputs by row,
-    every layer's vjp of the flowing gradient, each BatchNorm's (bnraw, bnvar_inv))."""
+    each BatchNorm's (bnraw, bnvar_inv))."""
 
     def run(params, Xb, Yb):
         seen, inputs = {}, {}
         net = _seated(cfg, fns, seen, inputs)
         loss, flow, _ = wavenet.loss_and_grads(cfg, net=net)(params, Xb, Yb)
-        vjps = wavenet_check.layer_vjps(cfg, params, Xb, Yb, flow)
-        return loss, flow, seen, vjps, inputs
+        return loss, flow, seen, inputs
 
     return run
-
-
-def _yours(cfg: ModelConfig, fns: dict[str, Callable], params: dict[str, np.ndarray], case):
-    """The learner's stack run once in cfg's dtype: (loss, rows by name, layer vjps, inputs)."""
-    run = _candidate_run(cfg, fns)
-    loss, flow, seen, vjps, inputs = candidate.run_once(
-        run, jax.device_put(params), case.Xb, case.Yb
-    )
-    flow, seen, vjps, inputs = jax.tree.map(np.asarray, (flow, seen, vjps, inputs))
-    return float(loss), {**flow, **seen}, seen, vjps, inputs
-
-
-def grade_case(fns: dict[str, Callable], refs: references.References, timeout: float | None):
-    """(report, the rows written, a hint, notes) of one case, as grader._grade_case: the
-    learner's stack runs in float64 on the case upcast and in the dtype under test."""
-    cfg, case = refs.cfg, refs.case
-    with check_context(cfg.dtype), candidate.watching(fns["bn"], 5, timeout) as notes:
-        loss, yours, seen, vjps, inputs = _yours(cfg, fns, case.params, case)
-        sources = {**refs.sources, "yours": yours, "layer vjp": vjps}
-        if cfg.dtype != "float64":
-            with jax.enable_x64(True):
-                cfg64 = ModelConfig(**{**cfg.__dict__, "dtype": "float64"})
-                _, yours64, _, vjps64, _ = _yours(cfg64, fns, upcast(case.params), case)
-            sources |= {"yours" + F64: yours64, "layer vjp" + F64: vjps64}
-    mine, order = seats(cfg), wavenet.grad_order(cfg)
-    blank = {row for row in mine if row not in seen}
-    rows_of = {"yours": [r for r in order if r not in blank]}
-    sticks = [s for s in wavenet_check.SOURCES if s in sources]
-    rules = wavenet_check.rules(cfg, len(case.Yb), WAYS, [*sticks, "yours"])
-    rules = rules._replace(rows_of={**rules.rows_of, **rows_of})
-    compared = judge_rows(sources, rules, cfg.dtype)
-    for row in compared:
-        row["written"] = row["name"] not in blank
-    losses = {**refs.losses, "yours": loss}
-    report = make_report(cfg.dtype, len(case.Yb), refs.seed, WAYS, compared, losses)
-    return report, seen, _hint(report, sources, refs, inputs), notes
 
 
 # --- hints: what the known mistakes look like from outside ------------------------------------
@@ -272,12 +177,8 @@ def _shape_hint(seat: Seat, name: str, want: tuple, got: tuple, x_shape: tuple, 
     return f"{seat.output} must have gamma's shape, {want}"
 
 
-def _close(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and np.abs(a - b).max() <= 1e-3 * max(np.abs(b).max(), 1e-30)
-
-
 def _reshape_hint(seat: Seat, name: str, yours: np.ndarray, ref: np.ndarray, x_shape: tuple):
-    if not _close(np.sort(yours, axis=None), np.sort(ref, axis=None)):
+    if not close(np.sort(yours, axis=None), np.sort(ref, axis=None)):
         return None
     return (
         f"d{name} holds the right numbers in the wrong places: {seat.layer}'s forward only "
@@ -319,6 +220,11 @@ def _batchnorm_hint(seat: Seat, name: str, yours, dout, bnraw, bnvar_inv, gamma)
     for hint, wrong_axes, wrong_n, bessel in mistakes:
         if (wrong_axes, wrong_n, bessel) == (axes, n, True):
             continue  # a (B, C) input: this mistake is no mistake there
-        if _close(yours, batchnorm_dx(dout, bnraw, bnvar_inv, gamma, wrong_axes, wrong_n, bessel)):
+        if close(yours, batchnorm_dx(dout, bnraw, bnvar_inv, gamma, wrong_axes, wrong_n, bessel)):
             return f"d{name} ({seat.layer}'s dx): {hint}"
     return None
+
+
+SEATED = seating.Seated(
+    5, FUNCTIONS, SIGNATURES, wavenet_check.CHECKED, seats, _candidate_run, _hint
+)

@@ -2,11 +2,11 @@
 
 None of it depends on the learner's code: the seeded case, the forward's intermediates and every
 reference source (jax.grad and its float64 truth, PyTorch autograd and manual, the project's
-atomic and fused backwards); for exercise 5, the WaveNet's (stack.py: jax.grad, its truth,
-PyTorch autograd, the stack's own backward). A notebook grades many times in one process, so an
-entry is kept in memory; a learner's edit-and-grade loop is many processes, so it is kept on disk
-as well, in the user's cache directory (`$JAXNINJA_CACHE` to put it elsewhere, `off` to keep
-nothing on disk).
+atomic and fused backwards); for exercises 5 and 6, the WaveNet's and the GPT's (their checks'
+sources, check/sources.py: jax.grad, its truth, PyTorch autograd, the model's own backward). A
+notebook grades many times in one process, so an entry is kept in memory; a learner's
+edit-and-grade loop is many processes, so it is kept on disk as well, in the user's cache
+directory (`$JAXNINJA_CACHE` to put it elsewhere, `off` to keep nothing on disk).
 
 An entry on disk is named by everything it is computed from: the project's version and a digest
 of the source files that compute it, the data file's SHA-256, the sizes, dtype, batch and seed,
@@ -36,12 +36,13 @@ import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError, safe_open
 
+from jaxninja.check import gpt as gpt_check
 from jaxninja.check import mlp as mlp_check
+from jaxninja.check import sources as checked_sources
 from jaxninja.check import wavenet as wavenet_check
 from jaxninja.config import VERSION, ModelConfig
-from jaxninja.data import load_splits
+from jaxninja.data import load_rows, load_splits
 from jaxninja.fileio import atomic_path
-from jaxninja.models import wavenet
 from jaxninja.models.mlp import Case, make_case
 from jaxninja.parity.named import F64
 from jaxninja.parity.sides import check_context
@@ -50,6 +51,8 @@ CACHE_ENV = "JAXNINJA_CACHE"
 FORMAT = 2  # bump when what an entry holds changes
 # the packages whose code computes an entry (and this module): a change to any is a new entry
 SOURCES = ("models", "check", "parity")
+# the models whose references are their check's sources: each check's say (check/sources.py)
+SEATED = {"wavenet": wavenet_check.CHECKED, "gpt": gpt_check.CHECKED}
 
 
 class References(NamedTuple):
@@ -67,7 +70,9 @@ class Sizes(NamedTuple):
     n_embd: int
     n_hidden: int
     dtype: str
-    model: str = "mlp"  # or "wavenet" (exercise 5)
+    model: str = "mlp"  # or "wavenet" (exercise 5), "gpt" (exercise 6)
+    n_layer: int = 4  # the GPT's (other models: unused)
+    n_head: int = 4
 
 
 _memory: dict[str, References] = {}
@@ -92,10 +97,10 @@ def references(
 
 
 def _compute(data: Path, sizes: Sizes, batch_size: int, seed: int, with_torch: bool):
-    splits = load_splits(data, sizes.block_size)
+    splits = (load_rows if sizes.model == "gpt" else load_splits)(data, sizes.block_size)
     cfg = ModelConfig(splits.vocab.size, **sizes._asdict())
-    if cfg.model == "wavenet":
-        return _compute_stack(cfg, splits.data["train"], batch_size, seed, with_torch)
+    if cfg.model in SEATED:
+        return _compute_seated(cfg, splits.data["train"], batch_size, seed, with_torch)
     case = make_case(cfg, *splits.data["train"], batch_size, seed)
     with check_context(cfg.dtype):
         sources, losses, values = mlp_check.gradient_sources(case, cfg.eps, with_torch)
@@ -103,14 +108,15 @@ def _compute(data: Path, sizes: Sizes, batch_size: int, seed: int, with_torch: b
     return References(cfg, seed, case, values, sources, losses, shapes)
 
 
-def _compute_stack(cfg: ModelConfig, train, batch_size: int, seed: int, with_torch: bool):
-    """The WaveNet's references: its check's case and sources, but for its layer vjps, which
-    are fed the backward under test and so are computed with the learner's."""
-    case = make_case(cfg, *train, batch_size, seed, init=wavenet.check_params)
+def _compute_seated(cfg: ModelConfig, train, batch_size: int, seed: int, with_torch: bool):
+    """The WaveNet's or the GPT's references: its check's case and sources, but for its layer
+    vjps, which are fed the backward under test and so are computed with the learner's."""
+    checked = SEATED[cfg.model]
+    case = make_case(cfg, *train, batch_size, seed, init=checked.init)
     with check_context(cfg.dtype):
-        sources, losses = wavenet_check.gradient_sources(cfg, case, with_torch)
+        sources, losses = checked_sources.gradient_sources(checked, cfg, case, with_torch)
     sources = {k: v for k, v in sources.items() if k not in ("layer vjp", "layer vjp" + F64)}
-    shapes = dict(wavenet_check.rules(cfg, batch_size).shapes)
+    shapes = dict(checked_sources.rules(checked, cfg, batch_size).shapes)
     return References(cfg, seed, case, {}, sources, losses, shapes)
 
 
