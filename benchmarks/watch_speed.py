@@ -32,6 +32,7 @@ from benchmarks.grade_speed import filled_folder, seconds  # noqa: E402
 from jaxninja.learn.files import source  # noqa: E402
 from tests.exercise_fill import fill_ex5, fill_ex6  # noqa: E402
 
+JAXNINJA = [sys.executable, "-m", "jaxninja"]  # this Python's, whatever is on PATH
 FILLS = {5: ("ex5_wavenet.py", fill_ex5), 6: ("ex6_transformer.py", fill_ex6)}
 
 
@@ -45,7 +46,7 @@ def specs(where: Path) -> dict[int, str]:
 
 
 def fresh(spec: str, exercise: int, env, cwd: Path, saves: int) -> list[float]:
-    command = ["jaxninja", "check", "--candidate", spec, "--exercise", str(exercise)]
+    command = [*JAXNINJA, "check", "--candidate", spec, "--exercise", str(exercise)]
     seconds(command, env, cwd)  # the cold one: the references computed and kept on disk
     return [seconds(command, env, cwd) for _ in range(saves)]
 
@@ -63,7 +64,7 @@ def _until(process: subprocess.Popen, pattern: str, timeout: float = 600.0) -> r
 
 def watched(spec: str, exercise: int, env, cwd: Path, saves: int):
     """(the grade's own seconds, save-to-verdict seconds) of each save under one --watch."""
-    command = ["jaxninja", "check", "--candidate", spec, "--exercise", str(exercise), "--watch"]
+    command = [*JAXNINJA, "check", "--candidate", spec, "--exercise", str(exercise), "--watch"]
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     process = subprocess.Popen(command, env=env, cwd=cwd, text=True, **pipes)
     done = r": (?:not )?graded in ([0-9.]+) s; watching"

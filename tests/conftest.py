@@ -1,6 +1,12 @@
 """Strict JAX for every test: float64 available, rank promotion an error, full-precision matmuls,
 and the CPU split into 4 devices for the data-parallel tests (one device unless a test asks);
-the grader's cache in a temporary folder."""
+the grader's cache in a temporary folder; JAX's persistent compilation cache on, so that a
+program compiled once (by any test, xdist worker, or process a test starts) is loaded after.
+
+The caches are set in environment variables, which the processes the tests start (the CLI, a
+notebook's kernel) and pytest-xdist's workers inherit, and in this process's jax.config: jax
+reads its variables when first imported, and a plugin (jaxninja's own parity plugin) imports it
+before this file runs."""
 
 import atexit
 import os
@@ -8,20 +14,45 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import jax
-import pytest
+ROOT = Path(__file__).resolve().parent.parent
+XLA_CACHE = ROOT / ".cache" / "xla"
+# the first process of a run: xdist's controller, or pytest alone (xdist's workers, and every
+# process a test starts, inherit what it sets below)
+FIRST = "JAXNINJA_TEST_RUN_CACHE" not in os.environ
 
-# the grader's reference cache: a folder of this run's own, never the user's cache directory
-# (subprocesses the tests start inherit it)
-os.environ["JAXNINJA_CACHE"] = tempfile.mkdtemp(prefix="jaxninja-test-cache-")
-atexit.register(shutil.rmtree, os.environ["JAXNINJA_CACHE"], ignore_errors=True)
+# the grader's reference cache: a folder of this run's own, never the user's cache directory,
+# shared by the run's processes, so that a reference one computed the others read
+if FIRST:
+    os.environ["JAXNINJA_TEST_RUN_CACHE"] = tempfile.mkdtemp(prefix="jaxninja-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAXNINJA_TEST_RUN_CACHE"], ignore_errors=True)
+os.environ["JAXNINJA_CACHE"] = os.environ["JAXNINJA_TEST_RUN_CACHE"]
 
+# JAX's compiled programs, kept across tests, workers and runs in .cache/xla (git-ignored);
+# $JAX_COMPILATION_CACHE_DIR puts them elsewhere (a fresh folder: a cold run, as CI has). Every
+# program is kept, however quick its compile (jaxninja/compile_cache.py says why). No size bound:
+# JAX's bound (jax_compilation_cache_max_size) reads every entry's size and time on each write,
+# which made a cold run of the suite quadratic in its ~2000 programs; instead what no run read
+# for compile_cache.KEEP_DAYS goes, once a run. (`rm -rf .cache` empties it.)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(XLA_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxninja import compile_cache  # noqa: E402
+
+if FIRST and Path(os.environ["JAX_COMPILATION_CACHE_DIR"]) == XLA_CACHE:
+    compile_cache.prune(XLA_CACHE, compile_cache.KEEP_DAYS)
+# (this process imported jax before the variables above were set)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
 jax.config.update("jax_num_cpu_devices", 4)
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")

@@ -249,6 +249,24 @@ def test_a_checkpoint_of_another_model_is_refused(whole, names_path, tmp_path, c
         assert sorted(os.listdir(gpt_run)) == before
 
 
+def test_a_fresh_run_refuses_a_directory_holding_a_best_model(rows, tmp_path, whole):
+    """best.safetensors is a run's: a fresh run into its directory would replace it."""
+    import shutil
+
+    shutil.copy(whole.path.parent / checkpoint.BEST, tmp_path / checkpoint.BEST)
+    with pytest.raises(UsageError, match="another run's best model: pass --resume"):
+        run(rows, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.LOCK, checkpoint.BEST]
+
+
+def test_the_control_and_an_exercise_backward_do_not_mix(names_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(names_path), "--out", str(out), "--gradients", "autodiff"]
+    assert main([*argv, "--backward", "ex1.py:backward"]) == 2
+    err = capsys.readouterr().err
+    assert "--backward is your exercise-1 gradients, not jax.grad's" in err and not out.exists()
+
+
 def test_eval_every_works_for_the_mlp_too(splits, tmp_path):
     """--eval-every is every model's: the MLP's val loss on its running statistics."""
     from tests.runs import MC as MLP
