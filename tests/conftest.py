@@ -6,7 +6,11 @@ program compiled once (by any test, xdist worker, or process a test starts) is l
 The caches are set in environment variables, which the processes the tests start (the CLI, a
 notebook's kernel) and pytest-xdist's workers inherit, and in this process's jax.config: jax
 reads its variables when first imported, and a plugin (jaxninja's own parity plugin) imports it
-before this file runs."""
+before this file runs.
+
+PyTorch on one thread (OMP_NUM_THREADS, read when torch is first imported, which is after this
+file): its tensors here are small, and beside XLA's threads and xdist's other worker on 2 cores a
+second thread made the notebook's loop 6x slower (27 s against 4.2 s for 1000 steps)."""
 
 import atexit
 import os
@@ -35,6 +39,7 @@ os.environ["JAXNINJA_CACHE"] = os.environ["JAXNINJA_TEST_RUN_CACHE"]
 # for compile_cache.KEEP_DAYS goes, once a run. (`rm -rf .cache` empties it.)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(XLA_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
