@@ -57,7 +57,7 @@ def test_check_json(names_path, capsys):
 
 
 def test_check_without_torch(names_path, capsys, monkeypatch):
-    monkeypatch.setattr("jaxninja.check.mlp.torch_available", lambda: False)
+    monkeypatch.setattr("jaxninja.check.sources.torch_available", lambda: False)
     assert main(["check", "--data", str(names_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and "torch" in report["skipped"] and "torch" not in report["losses"]

@@ -6,7 +6,7 @@ the model's own classic mistakes (a residual's two gradients not added, the posi
 gradient not summed over the batch) fail with their hint.
 
 The failing and sweeping cases run at small sizes (2 Blocks of 2 heads, n_embd 16), to keep
-them short; a replaced layer is traced once per hook (check/gpt.py's `Backwards`).
+them short; a replaced layer is traced once per hook (models/gpt.py's `Backwards`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_check_passes_at_makemores_sizes_row_by_row_in_the_backwards_order(names
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_layernorms_third_term_dropped_fails_at_the_first_tensor_it_reaches(rows, dtype):
     """ln_f's backward runs first: its dx is the last Block's output row, h.1."""
-    dropped = gpt_check.Backwards(layernorm=mutate(tf.layernorm_backward, THIRD_TERM, ""))
+    dropped = gpt.Backwards(layernorm=mutate(tf.layernorm_backward, THIRD_TERM, ""))
     report = gpt_check.run_check(
         _small(rows, dtype), *rows.data["train"], with_torch=False, backwards=dropped
     )
@@ -96,7 +96,7 @@ def test_small_batches_of_hidden_seeds_raise_no_false_alarm(rows, batch_size, se
     ids=["attention's residual", "mlp's residual"],
 )
 def test_a_residual_not_added_is_named_with_its_hint(rows, mistake, row, hint):
-    broken = gpt_check.Backwards(block=mistake())
+    broken = gpt.Backwards(block=mistake())
     report = gpt_check.run_check(
         _small(rows, "float64"), *rows.data["train"], with_torch=False, backwards=broken
     )
@@ -108,7 +108,7 @@ def test_the_position_tables_gradient_not_summed_over_the_batch_has_its_hint(row
     mean = mutate(tf.embeddings_backward, "dpos = dx.sum(0)", "dpos = dx.mean(0)")
     report = gpt_check.run_check(
         _small(rows, "float64"), *rows.data["train"], with_torch=False,
-        backwards=gpt_check.Backwards(embeddings=mean),
+        backwards=gpt.Backwards(embeddings=mean),
     )  # fmt: skip
     first = report.first_failure()
     assert first["name"] == "wpe.weight", first

@@ -13,12 +13,10 @@ A row per module output and parameter gradient in the backward's order, gpt.grad
 (`lm_head`, `lm_head.weight`, `ln_f`, ..., `h.0.ln_1.bias`, `wpe`, `wpe.weight`, `wte`,
 `wte.weight`), judged by parity's rule in float64 and the dtype under test.
 
-`Backwards` is what sits in the backward's seats: each layer's backward that gpt.backward
-calls (LayerNorm's, attention's, a Block's, the embeddings'). A check with one replaced (a
-mutation in the tests) or a grade (a learner's function in every seat of its kind) runs
-gpt.backward with those functions put in place, by `seated`, while it is traced. gpt.backward
-takes no such argument (the WaveNet's loss_and_grads takes its `net`); if it did, `seated`
-would go.
+`Backwards` (models/gpt.py's) is what sits in the backward's seats: each layer's backward that
+gpt.backward calls (LayerNorm's, attention's, a Block's, the embeddings'). A check with one
+replaced (a mutation in the tests) or a grade (a learner's function in every seat of its kind)
+passes them to gpt.loss_and_grads, as the WaveNet's check passes its `net`.
 
 A first failure that looks like a model-level mistake (the residual's two gradients not added;
 the position table's gradient not summed over the batch) carries a hint in its message.
@@ -26,10 +24,7 @@ the position table's gradient not summed over the batch) carries a hint in its m
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from functools import partial
-from typing import NamedTuple
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,44 +35,11 @@ from jaxninja.check.sources import WAYS, close
 from jaxninja.config import ModelConfig
 from jaxninja.models import gpt, layers
 from jaxninja.models import transformer as tf
+from jaxninja.models.gpt import Backwards
 from jaxninja.parity.named import F64
 from jaxninja.parity.table import Report
 
-__all__ = ["CHECKED", "OWN", "WAYS", "Backwards", "layer_vjps", "rules", "run_check", "seated"]
-
-
-class Backwards(NamedTuple):
-    """The layer backwards gpt.backward calls, by role (the defaults: the model's own)."""
-
-    layernorm: Callable = tf.layernorm_backward  # (dout, cache, axis_name) -> (dparams, dx)
-    attention: Callable = tf.attention_backward_qkv  # ... -> (dparams, dx, dqkv)
-    block: Callable = gpt.block_backward  # (dx, cache, name, axis_name) -> (rows, dx)
-    embeddings: Callable = tf.embeddings_backward  # (dx, cache, axis_name) -> (dparams, None)
-
-
-OWN = Backwards()
-_SEATS = {  # role -> (the module gpt.backward looks the function up in, its name there)
-    "layernorm": (tf, "layernorm_backward"),
-    "attention": (tf, "attention_backward_qkv"),
-    "block": (gpt, "block_backward"),
-    "embeddings": (tf, "embeddings_backward"),
-}
-
-
-@contextlib.contextmanager
-def seated(backwards: Backwards | None) -> Iterator[None]:
-    """gpt.backward with `backwards`' functions in their seats for the block's duration (a
-    trace): it looks each up by name in its module when called. Not thread-safe."""
-    if backwards is None or backwards == OWN:
-        yield
-        return
-    for role, (module, name) in _SEATS.items():
-        setattr(module, name, getattr(backwards, role))
-    try:
-        yield
-    finally:
-        for role, (module, name) in _SEATS.items():
-            setattr(module, name, getattr(OWN, role))
+__all__ = ["CHECKED", "WAYS", "layer_vjps", "rules", "run_check"]
 
 
 def rules(cfg: ModelConfig, batch_size: int, ways=WAYS, sources=checked_sources.SOURCES):
@@ -188,32 +150,13 @@ def layer_vjps(cfg: ModelConfig, params, X, Y, manual: dict[str, jax.Array]) -> 
 # --- the sources --------------------------------------------------------------------------------
 
 
-@partial(jax.jit, static_argnames=("cfg", "backwards"))
-def _jax_sources(cfg: ModelConfig, backwards: Backwards | None, params, Xb, Yb):
-    with seated(backwards):
-        loss, manual, _ = gpt.loss_and_grads(cfg)(params, Xb, Yb)
-    sources = {
-        "manual": manual,
-        "jax.grad": gpt.grads_autodiff(cfg, params, Xb, Yb),
-        "layer vjp": layer_vjps(cfg, params, Xb, Yb, manual),
-    }
-    return loss, sources
-
-
 def _torch(cfg: ModelConfig, params, Xb, Yb):
     import torch_ref
 
     return torch_ref.gpt.autograd(params, Xb, Yb, cfg.n_head)
 
 
-def _shapes(cfg: ModelConfig, batch_size: int) -> dict[str, tuple[int, ...]]:
-    return {**gpt.output_shapes(cfg, batch_size), **gpt.param_shapes(cfg)}
-
-
-CHECKED = checked_sources.Checked(
-    "gpt", gpt.grad_order, _shapes, gpt.check_params, _jax_sources,
-    jax.jit(layer_vjps, static_argnums=0), _torch,
-)  # fmt: skip
+CHECKED = checked_sources.checked("gpt", gpt, layer_vjps, _torch, hook="backwards")
 
 
 def run_check(
@@ -228,9 +171,8 @@ def run_check(
     """Build the seeded case from makemore's rows (X, Y) and compare every way on it;
     `backwards`: what sits in the backward's seats (None: the model's own). A first failure
     that looks like a known model-level mistake says so in its message."""
-    report, sources = checked_sources.check_case(
-        CHECKED, cfg, X, Y, batch_size, seed, with_torch, backwards
-    )
+    model = checked_sources.model_sources(CHECKED, cfg, backwards)
+    report, sources = checked_sources.run_check(model, cfg, X, Y, batch_size, seed, with_torch)
     first = report.first_failure()
     if first and (hint := model_hint(first["name"], sources)):
         row = next(r for r in report.rows if r["name"] == first["name"])

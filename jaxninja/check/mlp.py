@@ -28,13 +28,14 @@ from functools import partial
 import jax
 import numpy as np
 
+from jaxninja.check import sources as checked_sources
+from jaxninja.check.sources import upcast
 from jaxninja.config import ModelConfig
-from jaxninja.models.mlp import GRAD_ORDER, Case, forward, forward_chunked, make_case, to_device
+from jaxninja.models.mlp import GRAD_ORDER, Case, forward, forward_chunked, to_device
 from jaxninja.models.mlp_autodiff import grads_autodiff
 from jaxninja.models.mlp_backward import FUSED_ROWS, backward_atomic, backward_fused
-from jaxninja.parity.named import F64, MOVED, Rules, judge_rows, moved_cotangent, moved_inputs
-from jaxninja.parity.sides import check_context, torch_available
-from jaxninja.parity.table import Report, make_report
+from jaxninja.parity.named import F64, MOVED, Rules, moved_cotangent, moved_inputs
+from jaxninja.parity.table import Report
 
 # Zero in exact arithmetic: d loss/d logit_maxes (softmax is shift invariant) and d loss/d b1
 # (BatchNorm subtracts the batch mean, so b1 cannot change the loss). Each is a sum, over the
@@ -113,10 +114,6 @@ def moved_truth(case: Case, eps: float, seed: int) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) * cot for k, v in grads.items()}
 
 
-def upcast(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v, np.float64) for k, v in params.items()}
-
-
 def gradient_sources(
     case: Case, eps: float, with_torch: bool, atomic: Callable = backward_atomic, **parts: Callable
 ) -> tuple[dict, dict[str, float], dict[str, dict[str, np.ndarray]]]:
@@ -156,10 +153,10 @@ def run_check(
 
     `atomic` and `parts` (`dhprebn_fn`) put other code in the seats of exercises 1 and 3 (the
     mistake catalogue's tests)."""
-    if with_torch is None:
-        with_torch = torch_available()
-    case = make_case(cfg, X, Y, batch_size, seed)
-    with check_context(cfg.dtype):
+
+    def run(case: Case, with_torch: bool):
         sources, losses, values = gradient_sources(case, cfg.eps, with_torch, atomic, **parts)
-    rows = judge_rows(sources, rules(shapes_of(case, values[cfg.dtype])), cfg.dtype)
-    return make_report(cfg.dtype, batch_size, seed, WAYS, rows, losses)
+        return sources, losses, rules(shapes_of(case, values[cfg.dtype]))
+
+    model = checked_sources.ModelSources(run, WAYS)
+    return checked_sources.run_check(model, cfg, X, Y, batch_size, seed, with_torch)[0]

@@ -1,5 +1,6 @@
-"""A model's check on parity's engine, for the models whose rows are their layers' outputs and
-parameters (the WaveNet, the GPT): one piece of code for what their checks share.
+"""A model's check on parity's engine: `run_check`, the one run of every model's check (the
+case, the sources, the judged rows, the report), and what the checks of the models whose rows
+are their layers' outputs and parameters (the WaveNet, the GPT) share besides.
 
 On one seeded case (the model's `check_params`: gains and biases moved off 1 and 0, so a
 gradient forgotten cannot pass) every source gives its rows by name, in the dtype under test
@@ -9,20 +10,21 @@ tapped forward, each layer's own jax.vjp fed the backward's gradient of that lay
 torch_ref's port of the lecture's classes; then jax.grad once more on the inputs moved by a few
 ulps, the rows' sensitivity. parity/named.py judges every row of every way.
 
-A model says what it is to the check in a `Checked`; `hook` is what a check (or a grader) puts
-in the place of part of the backward: the WaveNet's stack with other code in a layer's seat,
-the GPT's `Backwards`. It is a static argument of the jitted sources: each hook is traced once.
+A model says what it is to the check in a `Checked` (`checked` makes one from its module);
+`hook` is what a check (or a grader) puts in the place of part of the backward: the WaveNet's
+stack with other code in a layer's seat, the GPT's `Backwards`. It is a static argument of the
+jitted sources: each hook is traced once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from jaxninja.check.mlp import upcast
 from jaxninja.config import ModelConfig
 from jaxninja.models.mlp import Case, make_case, to_device
 from jaxninja.parity.named import F64, MOVED, Rules, judge_rows, moved_cotangent, moved_inputs
@@ -36,6 +38,32 @@ WAYS = {
     "grad~torch": ("jax.grad", "torch autograd"),
 }
 SOURCES = ("manual", "jax.grad", "layer vjp", "torch autograd")
+
+
+class ModelSources(NamedTuple):
+    """What a model's check runs on its case, and reports."""
+
+    # (case, with_torch) -> (the engine's flat sources, the losses, the rules that judge them)
+    run: Callable[[Case, bool], tuple[dict[str, dict[str, np.ndarray]], dict[str, float], Rules]]
+    ways: dict[str, tuple[str, str]]  # the report's: name -> (candidate, reference)
+    init: Callable[[ModelConfig, int], dict[str, np.ndarray]] | None = None  # None: the MLP's
+
+
+def run_check(
+    model: ModelSources, cfg: ModelConfig, X: np.ndarray, Y: np.ndarray,
+    batch_size: int, seed: int, with_torch: bool | None,
+) -> tuple[Report, dict[str, dict[str, np.ndarray]]]:  # fmt: skip
+    """Every model's check: the seeded case drawn from (X, Y), the model's sources run on it
+    under check_context, every row judged by their rules and its ways reported. The report, and
+    the sources it judged (a model's hints read them); with_torch None: PyTorch's ways if it is
+    installed."""
+    if with_torch is None:
+        with_torch = torch_available()
+    case = make_case(cfg, X, Y, batch_size, seed, init=model.init)
+    with check_context(cfg.dtype):
+        sources, losses, rules_of = model.run(case, with_torch)
+    rows = judge_rows(sources, rules_of, cfg.dtype)
+    return make_report(cfg.dtype, batch_size, seed, model.ways, rows, losses, cfg.model), sources
 
 
 class Checked(NamedTuple):
@@ -54,6 +82,32 @@ class Checked(NamedTuple):
     torch: Callable  # (cfg, params, Xb, Yb) -> (loss, rows): torch_ref's, imported when called
 
 
+def checked(
+    name: str, model: ModuleType, layer_vjps: Callable, torch: Callable, hook: str
+) -> Checked:
+    """A model's Checked from its module (models/wavenet.py, models/gpt.py: its grad_order,
+    output and parameter shapes, check_params, loss_and_grads and grads_autodiff), its layers'
+    vjps (cfg, params, Xb, Yb, rows) -> rows and its torch_ref source; `hook`: the keyword its
+    loss_and_grads takes what is in the backward's seats by (None there: the model's own)."""
+
+    def jax_sources(cfg: ModelConfig, seats: Any, params, Xb, Yb):
+        loss, manual, _ = model.loss_and_grads(cfg, **{hook: seats})(params, Xb, Yb)
+        sources = {
+            "manual": manual,
+            "jax.grad": model.grads_autodiff(cfg, params, Xb, Yb),
+            "layer vjp": layer_vjps(cfg, params, Xb, Yb, manual),
+        }
+        return loss, sources
+
+    def shapes(cfg: ModelConfig, batch_size: int) -> dict[str, tuple[int, ...]]:
+        return {**model.output_shapes(cfg, batch_size), **model.param_shapes(cfg)}
+
+    return Checked(
+        name, model.grad_order, shapes, model.check_params,
+        jax.jit(jax_sources, static_argnums=(0, 1)), jax.jit(layer_vjps, static_argnums=0), torch,
+    )  # fmt: skip
+
+
 def rules(checked: Checked, cfg: ModelConfig, batch_size: int, ways=WAYS, sources=SOURCES) -> Rules:
     order = checked.grad_order(cfg)
     return Rules(ways, order, checked.shapes(cfg, batch_size), dict.fromkeys(sources, order))
@@ -61,6 +115,10 @@ def rules(checked: Checked, cfg: ModelConfig, batch_size: int, ways=WAYS, source
 
 def in_dtype(cfg: ModelConfig, dtype: str) -> ModelConfig:
     return ModelConfig(**{**cfg.__dict__, "dtype": dtype})
+
+
+def upcast(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, np.float64) for k, v in params.items()}
 
 
 def run_sources(checked: Checked, cfg: ModelConfig, params, Xb, Yb, with_torch: bool, hook=None):
@@ -93,26 +151,14 @@ def gradient_sources(
     return sources, losses
 
 
-def check_case(
-    checked: Checked,
-    cfg: ModelConfig,
-    X: np.ndarray,
-    Y: np.ndarray,
-    batch_size: int = 32,
-    seed: int = 0,
-    with_torch: bool | None = None,
-    hook: Any = None,
-) -> tuple[Report, dict[str, dict[str, np.ndarray]]]:
-    """Build the seeded case from (X, Y) and compare every way on it: the report, and the
-    sources it judged (a model's hints read them)."""
-    if with_torch is None:
-        with_torch = torch_available()
-    case = make_case(cfg, X, Y, batch_size, seed, init=checked.init)
-    with check_context(cfg.dtype):
+def model_sources(checked: Checked, cfg: ModelConfig, hook: Any = None) -> ModelSources:
+    """A Checked model's sources for run_check, with `hook` in the backward's seats."""
+
+    def run(case: Case, with_torch: bool):
         sources, losses = gradient_sources(checked, cfg, case, with_torch, hook)
-    rows = judge_rows(sources, rules(checked, cfg, batch_size), cfg.dtype)
-    report = make_report(cfg.dtype, batch_size, seed, WAYS, rows, losses, cfg.model)
-    return report, sources
+        return sources, losses, rules(checked, cfg, len(case.Yb))
+
+    return ModelSources(run, WAYS, checked.init)
 
 
 def close(a: np.ndarray, b: np.ndarray) -> bool:

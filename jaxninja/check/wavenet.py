@@ -14,8 +14,6 @@ test and judged by parity's rule (parity/named.py), as the MLP's check is.
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import numpy as np
 
@@ -58,31 +56,13 @@ def layer_vjps(cfg: ModelConfig, params, Xb, Yb, manual: dict[str, jax.Array]) -
     return rows
 
 
-@partial(jax.jit, static_argnames=("cfg", "net"))
-def _jax_sources(cfg: ModelConfig, net: tuple[layers.Layer, ...] | None, params, Xb, Yb):
-    loss, manual, _ = wavenet.loss_and_grads(cfg, net=net)(params, Xb, Yb)
-    sources = {
-        "manual": manual,
-        "jax.grad": wavenet.grads_autodiff(cfg, params, Xb, Yb),
-        "layer vjp": layer_vjps(cfg, params, Xb, Yb, manual),
-    }
-    return loss, sources
-
-
 def _torch(cfg: ModelConfig, params, Xb, Yb):
     import torch_ref
 
     return torch_ref.wavenet.autograd(params, Xb, Yb, eps=cfg.eps)
 
 
-def _shapes(cfg: ModelConfig, batch_size: int) -> dict[str, tuple[int, ...]]:
-    return {**wavenet.output_shapes(cfg, batch_size), **wavenet.param_shapes(cfg)}
-
-
-CHECKED = checked_sources.Checked(
-    "wavenet", wavenet.grad_order, _shapes, wavenet.check_params, _jax_sources,
-    jax.jit(layer_vjps, static_argnums=0), _torch,
-)  # fmt: skip
+CHECKED = checked_sources.checked("wavenet", wavenet, layer_vjps, _torch, hook="net")
 
 
 def gradient_sources(
@@ -105,4 +85,5 @@ def run_check(
 ) -> Report:
     """Build the seeded case from (X, Y) and compare every way on it; `net` as in
     `gradient_sources`."""
-    return checked_sources.check_case(CHECKED, cfg, X, Y, batch_size, seed, with_torch, net)[0]
+    model = checked_sources.model_sources(CHECKED, cfg, net)
+    return checked_sources.run_check(model, cfg, X, Y, batch_size, seed, with_torch)[0]

@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from jaxninja.check import mlp as mlp_check
+from jaxninja.check.sources import upcast
 from jaxninja.config import check_batch_size, model_config
 from jaxninja.data import resolve_data_path
 from jaxninja.errors import UsageError
@@ -272,7 +273,7 @@ def _grade_case(fn, exercise, refs: references.References, timeout):
             sources["yours"] = jax.tree.map(np.asarray, yours)
             if cfg.dtype != "float64":
                 with jax.enable_x64(True):
-                    wide = mlp_check.upcast(case.params)
+                    wide = upcast(case.params)
                     yours64 = _run_candidate(
                         fn, exercise, wide, refs.values["float64"], sources, case, F64
                     )

@@ -4,7 +4,7 @@ self-attention, graded in every seat of makemore's GPT.
 Their two functions (`layernorm_backward(dout, xhat, rstd, weight) -> (dx, dweight, dbias)`
 and `attention_backward(dy, q, k, v, att) -> (dq, dk, dv)`, the attention between its two
 Linears, per head) stand in for jaxninja's in every LayerNorm (each Block's ln_1 and ln_2, and
-ln_f) and every attention (check/gpt.py's `seated`). The GPT's backward then runs on the
+ln_f) and every attention (models/gpt.py's `Backwards`). The GPT's backward then runs on the
 check's case with them, and its rows are compared as `jaxninja check --model gpt` compares them
 (seating.py). A learner's rows are where their outputs appear in the check's rows:
   - a LayerNorm's dweight and dbias, its own rows (`h.0.ln_1.weight`);
@@ -79,7 +79,7 @@ def seats(cfg: ModelConfig) -> dict[str, Seat]:
 def _layernorm_seat(cfg, fn: Callable, names: list[str], seen: dict, dxs: dict, kept: dict):
     def backward(dout, cache, axis_name=None):
         layer = names.pop(0)
-        own_params, own = gpt_check.OWN.layernorm(dout, cache, axis_name)
+        own_params, own = gpt.OWN.layernorm(dout, cache, axis_name)
         out = seating.outputs(fn(dout, cache.xhat, cache.rstd, cache.weight), 3, 6,
                               SIGNATURES["layernorm"])  # fmt: skip
         names_out = ("dx", "dweight", "dbias")
@@ -107,7 +107,7 @@ def _parts(dqkv: jnp.ndarray, n_head: int) -> list[jnp.ndarray]:
 def _attention_seat(fn: Callable, names: list[str], seen: dict, kept: dict):
     def backward(dout, cache, axis_name=None):
         layer = names.pop(0)
-        own_params, _, own_dqkv = gpt_check.OWN.attention(dout, cache, axis_name)
+        own_params, _, own_dqkv = gpt.OWN.attention(dout, cache, axis_name)
         dy = layers.linear_backward(dout, cache.c_proj, axis_name)[0]  # (B, T, C)
         dy = tf.split_heads(dy, cache.q.shape[1])  # (B, nh, T, hs)
         out = seating.outputs(fn(dy, cache.q, cache.k, cache.v, cache.att), 3, 6,
@@ -134,12 +134,11 @@ def _candidate_run(cfg: ModelConfig, fns: dict[str, Callable]) -> Callable:
     def run(params, Xb, Yb):
         seen, dxs, kept = {}, {}, {}
         lns, attns = _layernorms(cfg), _attentions(cfg)
-        backwards = gpt_check.Backwards(
+        backwards = gpt.Backwards(
             layernorm=_layernorm_seat(cfg, fns["layernorm"], lns, seen, dxs, kept),
             attention=_attention_seat(fns["attention"], attns, seen, kept),
         )
-        with gpt_check.seated(backwards):
-            loss, flow, _ = gpt.loss_and_grads(cfg)(params, Xb, Yb)
+        loss, flow, _ = gpt.loss_and_grads(cfg, backwards=backwards)(params, Xb, Yb)
         assert not lns and not attns, (lns, attns)  # every seat taken, in grad_order's order
         for row, dx in dxs.items():  # the row of a LayerNorm's input: the residual's sum with it
             seen[row] = flow[row] if fits(dx, flow[row]) else dx

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from jaxninja.check import sources as checked_sources
-from jaxninja.check.mlp import upcast
+from jaxninja.check.sources import upcast
 from jaxninja.config import ModelConfig
 from jaxninja.errors import UsageError
 from jaxninja.learn import candidate, references

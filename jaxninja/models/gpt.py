@@ -193,11 +193,17 @@ def output_shapes(cfg: ModelConfig, batch_size: int, T: int | None = None) -> di
 
 
 def block_backward(
-    dx: jax.Array, cache: BlockCache, name: str, axis_name: str | None = None
+    dx: jax.Array,
+    cache: BlockCache,
+    name: str,
+    axis_name: str | None = None,
+    backwards: Backwards | None = None,
 ) -> tuple[Params, jax.Array]:
     """A Block in reverse: (every gradient by its full name, in the backward's order, d of the
     Block's input). Each residual add passes dx to its branch and its skip alike; the branch's
-    input gradient joins the skip's where the branch began."""
+    input gradient joins the skip's where the branch began. Its LayerNorms and attention are
+    `backwards`' (None: the model's own)."""
+    bw = OWN if backwards is None else backwards
     g = {name: dx, f"{name}.mlp.c_proj": dx}
     dh, g[f"{name}.mlp.c_proj.weight"], g[f"{name}.mlp.c_proj.bias"] = layers.linear_backward(
         dx, cache.c_proj, axis_name
@@ -208,50 +214,72 @@ def block_backward(
         dh, cache.c_fc, axis_name
     )
     g[f"{name}.ln_2"] = dh
-    dln, dh = tf.layernorm_backward(dh, cache.ln_2, axis_name)
+    dln, dh = bw.layernorm(dh, cache.ln_2, axis_name)
     g |= {f"{name}.ln_2.{k}": v for k, v in dln.items()}
     dx = dx + dh  # the residual x + mlp(ln_2(x)): skip and branch
     g[f"{name}.attn.c_proj"] = dx
-    dattn, dh, dqkv = tf.attention_backward_qkv(dx, cache.attn, axis_name)
+    dattn, dh, dqkv = bw.attention(dx, cache.attn, axis_name)
     g |= {f"{name}.attn.{k}": dattn[k] for k in ("c_proj.weight", "c_proj.bias")}
     g[f"{name}.attn.c_attn"] = dqkv
     g |= {f"{name}.attn.{k}": dattn[k] for k in ("c_attn.weight", "c_attn.bias")}
     g[f"{name}.ln_1"] = dh
-    dln, dh = tf.layernorm_backward(dh, cache.ln_1, axis_name)
+    dln, dh = bw.layernorm(dh, cache.ln_1, axis_name)
     g |= {f"{name}.ln_1.{k}": v for k, v in dln.items()}
     return g, dx + dh  # the residual x + attn(ln_1(x))
 
 
+class Backwards(NamedTuple):
+    """The layer backwards `backward` calls, by role (the defaults: the model's own): what a
+    check (a mutation in the tests) or a grade (a learner's function in every seat of its kind)
+    puts in their seats."""
+
+    layernorm: Callable = tf.layernorm_backward  # (dout, cache, axis_name) -> (dparams, dx)
+    attention: Callable = tf.attention_backward_qkv  # ... -> (dparams, dx, dqkv)
+    block: Callable = block_backward  # (dx, cache, name, axis_name, backwards) -> (rows, dx)
+    embeddings: Callable = tf.embeddings_backward  # (dx, cache, axis_name) -> (dparams, None)
+
+
+OWN = Backwards()
+
+
 def backward(
-    cfg: ModelConfig, dlogits: jax.Array, caches: Caches, axis_name: str | None = None
+    cfg: ModelConfig,
+    dlogits: jax.Array,
+    caches: Caches,
+    axis_name: str | None = None,
+    backwards: Backwards | None = None,
 ) -> Params:
     """The caches walked in reverse from dlogits (B, T, V): the gradient of every parameter and
-    every module's output, by name, in grad_order's order (jit's outputs sort a dict's keys)."""
+    every module's output, by name, in grad_order's order (jit's outputs sort a dict's keys);
+    each layer's backward `backwards`' (None: the model's own)."""
+    bw = OWN if backwards is None else backwards
     g = {"lm_head": dlogits}
     dx, g["lm_head.weight"], _ = layers.linear_backward(dlogits, caches.lm_head, axis_name, False)
     g["ln_f"] = dx
-    dln, dx = tf.layernorm_backward(dx, caches.ln_f, axis_name)
+    dln, dx = bw.layernorm(dx, caches.ln_f, axis_name)
     g |= {f"ln_f.{k}": v for k, v in dln.items()}
     for i in reversed(range(cfg.n_layer)):
-        gb, dx = block_backward(dx, caches.blocks[i], f"h.{i}", axis_name)
+        gb, dx = bw.block(dx, caches.blocks[i], f"h.{i}", axis_name, bw)
         g |= gb
-    demb, _ = tf.embeddings_backward(dx, caches.emb, axis_name)
+    demb, _ = bw.embeddings(dx, caches.emb, axis_name)
     # x = tok_emb + pos_emb: dx reaches both, pos_emb's (1, T, C) summed over the batch
     g |= {"wpe": dx.sum(0, keepdims=True), "wpe.weight": demb["wpe"]}
     return g | {"wte": dx, "wte.weight": demb["wte"]}
 
 
-def loss_and_grads(cfg: ModelConfig, axis_name: str | None = None) -> Callable:
+def loss_and_grads(
+    cfg: ModelConfig, axis_name: str | None = None, backwards: Backwards | None = None
+) -> Callable:
     """(params, X, Y) -> (loss, every gradient of the hand-written backward, {} (no BatchNorm
     statistics)): the forward, the cross-entropy over the positions Y does not mark -1, and
-    the caches walked in reverse. The loss is the mean over the global batch's counted
-    positions under `axis_name`."""
+    the caches walked in reverse, with `backwards` in the layers' seats (None: the model's
+    own). The loss is the mean over the global batch's counted positions under `axis_name`."""
 
     def run(params: Params, X: jax.Array, Y: jax.Array):
         logits, caches = forward(cfg, params, X)  # (B, T, V)
         (loss, _), c_ce = tf.cross_entropy_forward(logits, Y, axis_name)
         dlogits = tf.cross_entropy_backward(jnp.ones((), logits.dtype), c_ce)
-        return loss, backward(cfg, dlogits, caches, axis_name), {}
+        return loss, backward(cfg, dlogits, caches, axis_name, backwards), {}
 
     return run
 
