@@ -27,7 +27,7 @@ def vmapped_chunk(step):
     import jax
     import jax.numpy as jnp
 
-    from jaxninja.training.loop import batches
+    from jaxninja.training.step import batches
 
     def run(state, start, X, Y, seed):
         steps = start + jnp.arange(CHUNK)
@@ -50,7 +50,7 @@ def main() -> None:
 
     from jaxninja.config import TrainConfig, training_model
     from jaxninja.data import load_splits, resolve_data_path
-    from jaxninja.training.loop import _train_step, chunk_runner, init_state
+    from jaxninja.training.step import _train_step, chunk_runner, init_state
 
     splits = load_splits(resolve_data_path(args.data), 3)
     X, Y = map(jnp.asarray, splits.data["train"])

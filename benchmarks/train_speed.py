@@ -85,7 +85,7 @@ def time_jaxninja(mc, tc, X, Y, steps: int, repeats: int) -> float:
     import jax
     import jax.numpy as jnp
 
-    from jaxninja.training.loop import chunk_runner, init_state
+    from jaxninja.training.step import chunk_runner, init_state
 
     state = init_state(mc, tc)  # the same initial parameters as the PyTorch loops get
     Xd, Yd = jnp.asarray(X), jnp.asarray(Y)
@@ -109,7 +109,7 @@ def time_jax_in_turns(mc, tcs: list, X, Y, steps: int, repeats: int) -> list[flo
     import jax
     import jax.numpy as jnp
 
-    from jaxninja.training.loop import chunk_runner, init_state
+    from jaxninja.training.step import chunk_runner, init_state
 
     Xd, Yd = jnp.asarray(X), jnp.asarray(Y)
     loops = []

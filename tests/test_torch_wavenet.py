@@ -16,7 +16,8 @@ from jaxninja.data import load_splits  # noqa: E402
 from jaxninja.models import registry, wavenet  # noqa: E402
 from jaxninja.models.mlp import make_case, to_device  # noqa: E402
 from jaxninja.training import checkpoint  # noqa: E402
-from jaxninja.training.loop import batch_indices, train  # noqa: E402
+from jaxninja.training.loop import train  # noqa: E402
+from jaxninja.training.step import batch_indices  # noqa: E402
 
 STEPS = 500
 # the run trains (and calibrates its checkpoint) on the train split's first rows: calibrating

@@ -231,7 +231,7 @@ def train_loop(
     """The notebook's exercise-4 loop on given batches: indices (steps, B) into (X, Y).
 
     Returns every step's loss and the final parameters. With jaxninja's initial parameters and
-    batch indices (jaxninja.training.loop.batch_indices) it replays a jaxninja run step for step.
+    batch indices (jaxninja.training.step.batch_indices) it replays a jaxninja run step for step.
     """
     p, X, Y = _tensors(params, X, Y)
     ix = torch.tensor(np.asarray(indices), dtype=torch.long)

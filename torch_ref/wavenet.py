@@ -237,7 +237,7 @@ def train_loop(
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """The lecture's training loop on given batches, batch_ix (steps, B) into (X, Y): every
     step's loss, the final parameters and the BatchNorms' running (mean, var). With jaxninja's
-    initial parameters and batch indices (jaxninja.training.loop.batch_indices) it replays a run."""
+    initial parameters and batch indices (jaxninja.training.step.batch_indices) it replays a run."""
     model, names, tensors = build(params, eps, momentum)
     parameters = model.parameters()
     for p in parameters:

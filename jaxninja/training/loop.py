@@ -43,12 +43,6 @@ from jaxninja.training.step import (
     state_from_checkpoint,
 )
 
-# step.py's names that callers import from here, as before the split (benchmarks, torch_ref)
-from jaxninja.training.step import _train_step as _train_step
-from jaxninja.training.step import batch_indices as batch_indices
-from jaxninja.training.step import batches as batches
-from jaxninja.training.step import make_optimizer as make_optimizer
-
 
 class TrainResult(NamedTuple):
     checkpoints: list[checkpoint.Checkpoint]  # the final ones, one per model
