@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -40,29 +41,76 @@ def flag(*names: str, **kw: Any) -> Flag:
     return names, kw
 
 
+class _Again(Exception):
+    """The command line failed again, parsed with every argument optional and any value."""
+
+
 class _Parser(argparse.ArgumentParser):
+    top: _Top | None = None  # a command's: the parser it is a command of (set by build_parser)
+
     def error(self, message: str) -> None:  # one line, not argparse's usage block
-        self.fail(self.prog, message)
+        """A command's error, or the flags none of the parsers knows where there are any: a
+        command checks its required arguments at the end of its own parse, and would name a
+        missing one before the top parser named the unknown flags."""
+        unknown = self.top.unknown() if self.top else []
+        self.fail(self.prog, _unrecognized(unknown) if unknown else message)
 
     def fail(self, prog: str, message: str) -> None:
         self.exit(2, f"{prog}: error: {message} (see {prog} --help)\n")
+
+
+def _unrecognized(extra: list[str]) -> str:
+    return f"unrecognized arguments: {' '.join(extra)}"
 
 
 class _Top(_Parser):
     """The top parser: a flag it does not know is named (before a missing command, which
     argparse would report instead), and a missing command lists the commands."""
 
-    commands: tuple[str, ...] = ()  # set by build_parser
+    commands: dict[str, _Parser]  # by name (set by build_parser)
+    given: list[str] | None = None  # the command line parse_args is parsing
+    again: bool = False  # parsing it again, for its unknown flags
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
-        parsed, extra = self.parse_known_args(args, namespace)
-        unknown = f"unrecognized arguments: {' '.join(extra)}"
+        self.given = list(sys.argv[1:] if args is None else args)
+        parsed, extra = self.parse_known_args(self.given, namespace)
         if extra and parsed.command:
-            self.fail(f"{self.prog} {parsed.command}", unknown)
+            self.fail(f"{self.prog} {parsed.command}", _unrecognized(extra))
         if parsed.command is None:
-            given = f"{unknown}; " if extra else ""
+            given = f"{_unrecognized(extra)}; " if extra else ""
             self.error(f"{given}give a command first: {', '.join(self.commands)}")
         return parsed
+
+    def error(self, message: str) -> None:
+        if self.again:
+            raise _Again
+        super().error(message)
+
+    def unknown(self) -> list[str]:
+        """The flags of the command line that no parser knows: its extras, parsed again with
+        every argument optional and any value taken; none where that fails too (a flag given
+        without its value, named as it is). Help, which exits, was answered in the first parse,
+        before anything it could fail."""
+        if self.again:  # an error while parsing again
+            raise _Again
+        if self.given is None:  # not parse_args': parse_known_args leaves them to the caller
+            return []
+        actions = [
+            a for p in (self, *self.commands.values()) for a in p._actions
+            if not isinstance(a, argparse._SubParsersAction)  # its choices are the commands
+        ]  # fmt: skip
+        kept = [(a, a.required, a.type, a.choices) for a in actions]
+        for action in actions:
+            action.required, action.type, action.choices = False, None, None
+        self.again = True
+        try:
+            return self.parse_known_args(self.given)[1]
+        except _Again:
+            return []
+        finally:
+            self.again = False
+            for action, *fields in kept:
+                action.required, action.type, action.choices = fields
 
 
 def _int_at_least(minimum: int):
@@ -397,10 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="makemore part 4 in JAX: a hand-written backward, checked three ways.",
     )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    table = commands()
-    parser.commands = tuple(table)
-    for name, command in table.items():
-        p = sub.add_parser(name, help=command.help, epilog=command.epilog)
+    parser.commands = {}
+    for name, command in commands().items():
+        p = parser.commands[name] = sub.add_parser(name, help=command.help, epilog=command.epilog)
+        p.top = parser
         for names, kw in command.flags:
             p.add_argument(*names, **kw)
         for title, flags in command.groups:

@@ -85,6 +85,15 @@ def test_check_without_torch(names_path, capsys, monkeypatch):
         ([], "jaxninja: error: give a command first: data, check, train"),
         (["train", "--bogus"], "jaxninja train: error: unrecognized arguments: --bogus"),
         (["--bogus", "data"], "jaxninja data: error: unrecognized arguments: --bogus"),
+        # an unknown flag is named before a missing required argument, or a known flag's bad value
+        (["eval", "--bogus"], "jaxninja eval: error: unrecognized arguments: --bogus"),
+        (["--bogus", "sample"], "jaxninja sample: error: unrecognized arguments: --bogus"),
+        (["exercises", "--bogus"], "jaxninja exercises: error: unrecognized arguments: --bogus"),
+        (
+            ["sample", "--checkpoint", "c", "-n", "x", "--bogus"],
+            "jaxninja sample: error: unrecognized arguments: --bogus",
+        ),
+        (["eval"], "jaxninja eval: error: the following arguments are required: --checkpoint"),
         (
             ["sample", "--checkpoint", "c", "--temperature", "inf"],
             "--temperature: must be a finite number > 0, got inf",
