@@ -257,7 +257,7 @@ def test_report_table_and_json():
 def test_readme_example_runs():
     """The README's worked example, executed as written."""
     text = (ROOT / "README.md").read_text()
-    section = text.split("## Parity tests for your own port", 1)[1].split("\n## ", 1)[0]
+    section = text.split("## Check a port: `jaxninja.parity`", 1)[1].split("\n## ", 1)[0]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     exec(compile(code, "README.md", "exec"), {})
 

@@ -130,10 +130,9 @@ def test_a_killed_process_ends_the_other_with_one_line(names_path, tmp_path):
     port = free_port()
     procs = [_cluster(names_path, tmp_path / f"p{i}", port, i) for i in (0, 1)]
     wait_for_checkpoint(procs[0])
-    t0 = time.monotonic()
     procs[1].kill()
-    code, err, _ = finish(procs[0])
-    assert code == 1 and time.monotonic() - t0 < 30, err
+    code, err, _ = finish(procs[0])  # ends on its own, well within finish()'s timeout
+    assert code == 1, err
     assert "jaxninja: error: process 0 lost process 1 at step " in err
     assert "start every process again with --resume" in err and "Traceback" not in err
     procs[1].wait()
@@ -155,14 +154,22 @@ def test_one_writer_per_run_directory_and_no_stale_lock(names_path, tmp_path, ca
     assert checkpoint.load(out).step == total
 
 
-def test_what_one_process_can_check_is_checked_before_joining(names_path, tmp_path, capsys):
-    """A bad --out or --resume checkpoint fails at once, not after the others have waited."""
+def test_what_one_process_can_check_is_checked_before_joining(
+    names_path, tmp_path, capsys, monkeypatch
+):
+    """A bad --out or --resume checkpoint fails at once, not after the others have waited: the
+    process never starts to meet the others."""
+    from jaxninja.training import parallel
+
+    def joined(*args, **kwargs):
+        raise AssertionError("went to meet the cluster before checking what it could alone")
+
+    monkeypatch.setattr(parallel, "rendezvous", joined)
     afile = tmp_path / "a-file"
     afile.write_text("x")
     cluster = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2",
                "--init-timeout", "60"]  # fmt: skip
     base = ["train", "--data", str(names_path), "--no-progress", *cluster]
-    t0 = time.monotonic()
     assert main([*base, "--process-id", "0", "--out", str(afile / "run")]) == 2
     assert "cannot write to" in capsys.readouterr().err
     broken = tmp_path / "broken"
@@ -170,4 +177,3 @@ def test_what_one_process_can_check_is_checked_before_joining(names_path, tmp_pa
     (broken / checkpoint.filename(100)).write_bytes(b"garbage")
     assert main([*base, "--process-id", "1", "--out", str(broken), "--resume"]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
-    assert time.monotonic() - t0 < 20  # no wait for the other process
