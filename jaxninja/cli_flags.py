@@ -237,7 +237,7 @@ def _data_command() -> Command:
 
 def _check_command() -> Command:
     return Command(
-        "verify the manual backward three ways; print the cmp table",
+        "verify a model's hand-written backward three ways (or grade yours, --candidate)",
         [
             _data_flag(),
             _model_choice("the model whose backward is checked"),
@@ -442,7 +442,7 @@ def commands() -> dict[str, Command]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Top(
         prog="jaxninja",
-        description="makemore part 4 in JAX: a hand-written backward, checked three ways.",
+        description="makemore parts 4-6 in JAX: hand-written backwards, checked three ways.",
     )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     parser.commands = {}

@@ -4,6 +4,7 @@ exact arithmetic raise no false alarm)."""
 
 import json
 import re
+import time
 from pathlib import Path
 
 import jax
@@ -287,7 +288,13 @@ def test_a_long_compare_says_where_it_is_on_stderr(monkeypatch, capsys):
 
     monkeypatch.setattr(watch, "QUIET_S", 0.0)  # speak at once, and often
     monkeypatch.setattr(watch, "EVERY_S", 0.01)
-    P.compare(*PP.case("softmax", (4, 7), 1.0), seeds=(0,))
+    jax_fn, torch_fn, *inputs = PP.case("softmax", (4, 7), 1.0)
+
+    def slow_torch_fn(*args):  # a side that takes a while, 20 of the watcher's periods a call
+        time.sleep(0.2)
+        return torch_fn(*args)
+
+    P.compare(jax_fn, slow_torch_fn, *inputs, seeds=(0,))
     err = capsys.readouterr().err
     assert "parity: seed 0 (1 of 1)" in err and "parity: done" in err
 
