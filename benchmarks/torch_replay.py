@@ -25,12 +25,19 @@ import time
 import numpy as np
 
 
+def _train_quietly(mc, tc, X, Y, vocab):
+    """jaxninja's run of `tc` steps, in a folder of its own, its final checkpoint."""
+    from jaxninja.training.loop import train
+
+    with tempfile.TemporaryDirectory() as out:
+        return train(mc, tc, (X, Y), vocab, out, progress=False, log=lambda _: None).checkpoint
+
+
 def mlp(steps: int, data) -> None:
     import torch_ref
     from jaxninja.config import ModelConfig, TrainConfig
     from jaxninja.data import load_splits
     from jaxninja.models.mlp import init_params, split_loss, to_device
-    from jaxninja.training.loop import train
     from jaxninja.training.step import batch_indices
 
     splits = load_splits(data, 3)
@@ -38,9 +45,7 @@ def mlp(steps: int, data) -> None:
     tc = TrainConfig(steps=steps, chunk_steps=100, checkpoint_every=steps, lr_decay_step=steps // 2)
     X, Y = splits.data["train"]
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:
-        ours = train(mc, tc, (X, Y), splits.vocab, out, progress=False, log=lambda _: None)
-    ours = ours.checkpoint
+    ours = _train_quietly(mc, tc, X, Y, splits.vocab)
     t1 = time.perf_counter()
     ix = batch_indices(tc.seed, steps, len(X), tc.batch_size)
     losses, params = torch_ref.train_loop(
@@ -65,7 +70,6 @@ def wavenet(steps: int, data) -> None:
     from jaxninja.models import registry
     from jaxninja.models import wavenet as model
     from jaxninja.models.mlp import to_device
-    from jaxninja.training.loop import train
     from jaxninja.training.step import batch_indices
 
     splits = load_splits(data, 8)
@@ -73,9 +77,7 @@ def wavenet(steps: int, data) -> None:
     tc = training_config("wavenet", steps=steps, checkpoint_every=steps)
     X, Y = splits.data["train"]
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:
-        ours = train(mc, tc, (X, Y), splits.vocab, out, progress=False, log=lambda _: None)
-    ours = ours.checkpoint
+    ours = _train_quietly(mc, tc, X, Y, splits.vocab)
     t1 = time.perf_counter()
     ix = batch_indices(tc.seed, steps, len(X), tc.batch_size)
     losses, params, running = torch_ref.wavenet.train_loop(
