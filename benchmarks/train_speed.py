@@ -25,6 +25,15 @@ AdamW), every loop from the same initial parameters:
   (d) jaxninja: the jitted chunk on the GPT's hand-written backward.
 The jax loops are timed in turns (c, d, c, d, ...), so a load that comes and goes on a shared
 machine falls on both alike.
+
+The GPT on this 2-core CPU (benchmarks/gpt_profile.py): (d)'s kernels are 72% matmuls, 15% fused
+elementwise work, 11% transposes and copies; (c)'s spend 26% in transposes and copies, which the
+hand-written backward avoids by keeping q, k, v and att as the forward made them. The matmuls
+are small (512 rows of 64 to 256 columns; 128 attention products of 16 x 16 a layer) and run at
+about a third of a large matmul's rate, so the step is ~4x its FLOP limit. Tried for the
+attention products: a broadcast multiply and sum (one fused loop instead of a batched dot) was
+2.7x slower than the batched dot; `jnp.einsum` was the dot's speed (within 12%). Not reached:
+2x makemore's loop (1.6x, one run at load 2-3).
 """
 
 from __future__ import annotations
