@@ -84,3 +84,19 @@ def test_the_watched_file_is_the_one_the_candidate_names(folder):
 def test_watch_alone_asks_for_the_candidate(capsys):
     assert main(["check", "--watch"]) == 2
     assert "--candidate and --exercise go together" in capsys.readouterr().err
+
+
+def test_sigterm_stops_the_watch_as_ctrl_c_does(folder, capsys):
+    """A watch stopped by SIGTERM (a terminal closed, a job ended) says so and exits 0."""
+    import os
+    import signal
+
+    def grade_once():
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives during the grade, as it would
+        return 0
+
+    (folder / EX2).write_text("x = 1\n")
+    before = signal.getsignal(signal.SIGTERM)
+    assert watch.watch(folder / EX2, grade_once, sleep=lambda s: None) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"stopped watching {folder / EX2}")
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler put back

@@ -15,6 +15,7 @@ ends the watch with exit 0 and one line.
 from __future__ import annotations
 
 import importlib.util
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -66,11 +67,13 @@ def watch(
     rounds: int | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> int:
-    """Call `grade_once` now and after every change of `path`, until Ctrl-C (then exit 0);
-    `rounds`: stop after that many grades or reports (the tests'). A UsageError of a round
-    (the file does not import, the function raises) is its one line, and the watch goes on."""
+    """Call `grade_once` now and after every change of `path`, until Ctrl-C or SIGTERM (then
+    exit 0); `rounds`: stop after that many grades or reports (the tests'). A UsageError of a
+    round (the file does not import, the function raises) is its one line, and the watch goes
+    on."""
     sleep = sleep or _sleep
     done, last = 0, object()
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops it as Ctrl-C does
     try:
         while rounds is None or done < rounds:
             stamp = _stamp(path)
@@ -84,7 +87,13 @@ def watch(
             sleep(poll)
     except KeyboardInterrupt:
         print(f"\nstopped watching {path}", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _round(path: Path, stamp, grade_once: Callable[[], int], poll: float) -> None:
