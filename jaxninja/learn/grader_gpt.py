@@ -153,15 +153,13 @@ def _candidate_run(cfg: ModelConfig, fns: dict[str, Callable]) -> Callable:
 def _hint(report: Report, sources: dict, refs: references.References, kept: dict) -> str | None:
     """A hint for the first failure of a case, where it is one of the learner's rows and looks
     like a known mistake."""
-    first = report.first_failure()
-    mine = seats(refs.cfg)
-    if first is None or first["name"] not in mine:
+    if (first := seating.first_seated(report, seats(refs.cfg))) is None:
         return None
-    name, seat = first["name"], mine[first["name"]]
-    if first["verdict"] == "shape":
+    name, seat, verdict = first
+    if verdict == "shape":
         got, want = np.shape(sources["yours"][name]), refs.shapes[name]
         return _shape_hint(seat, name, got, want, kept[seat.layer])
-    if first["verdict"] != "wrong":
+    if verdict != "wrong":
         return None
     inputs = {k: v for k, v in kept[seat.layer].items() if k not in ("yours", "own")}
     inputs = {k: np.asarray(v, np.float64) for k, v in inputs.items()}

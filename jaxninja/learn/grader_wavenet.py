@@ -133,17 +133,16 @@ def _squeezed(layer: str, dout_shape: tuple, x_shape: tuple) -> str:
 def _hint(report: Report, sources: dict, refs: references.References, inputs: dict):
     """A hint for the first failure of a case, where it is one of the learner's rows and looks
     like a known mistake."""
-    first = report.first_failure()
     mine = seats(refs.cfg)
-    if first is None or first["name"] not in mine:
+    if (first := seating.first_seated(report, mine)) is None:
         return None
-    name, seat = first["name"], mine[first["name"]]
+    name, seat, verdict = first
     yours = np.asarray(sources["yours"][name], np.float64)
     below = next(r for r, s in mine.items() if s.layer == seat.layer and s.output == "dx")
     x_shape, out_shape = refs.shapes[below], refs.shapes[seat.layer]
-    if first["verdict"] == "shape":
+    if verdict == "shape":
         return _shape_hint(seat, name, refs.shapes[name], yours.shape, x_shape, out_shape)
-    if first["verdict"] != "wrong":
+    if verdict != "wrong":
         return None
     ref = np.asarray(sources.get("jax.grad" + F64, sources["jax.grad"])[name], np.float64)
     if seat.kind == "flatten":

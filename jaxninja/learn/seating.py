@@ -67,6 +67,15 @@ class Seated(NamedTuple):
     hint: Callable[..., str | None]
 
 
+def first_seated(report, mine: dict[str, Seat]) -> tuple[str, Seat, str] | None:
+    """(name, seat, verdict) of a case's first failure where it is one of the learner's rows
+    (`mine`: the exercise's seats), else None: where a hint may look."""
+    first = report.first_failure()
+    if first is None or first["name"] not in mine:
+        return None
+    return first["name"], mine[first["name"]], first["verdict"]
+
+
 def signature(seated: Seated) -> str:
     return "\n".join(seated.signatures.values())  # a line each, as a grade shows them
 
