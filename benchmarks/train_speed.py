@@ -26,14 +26,22 @@ AdamW), every loop from the same initial parameters:
 The jax loops are timed in turns (c, d, c, d, ...), so a load that comes and goes on a shared
 machine falls on both alike.
 
-The GPT on this 2-core CPU (benchmarks/gpt_profile.py): (d)'s kernels are 72% matmuls, 15% fused
-elementwise work, 11% transposes and copies; (c)'s spend 26% in transposes and copies, which the
+The GPT on this 2-core CPU (benchmarks/gpt_profile.py): (d)'s kernels are 79% matmuls, 12% fused
+elementwise work, 8% transposes and copies; (c)'s spend 22% in transposes and copies, which the
 hand-written backward avoids by keeping q, k, v and att as the forward made them. The matmuls
 are small (512 rows of 64 to 256 columns; 128 attention products of 16 x 16 a layer) and run at
-about a third of a large matmul's rate, so the step is ~4x its FLOP limit. Tried for the
+about a third of a large matmul's rate, so the step is 3-4x its FLOP limit. Tried for the
 attention products: a broadcast multiply and sum (one fused loop instead of a batched dot) was
-2.7x slower than the batched dot; `jnp.einsum` was the dot's speed (within 12%). Not reached:
-2x makemore's loop (1.6x, one run at load 2-3).
+2.7x slower than the batched dot; `jnp.einsum` was the dot's speed (within 12%). For the weight
+gradients, materializing `x.T` first (`lax.optimization_barrier`) or computing `(dout.T @ x).T`:
+no faster in the whole step. Splitting the batch into 2 or 4 independent halves (one per core):
+slower. XLA_FLAGS for other matmul libraries (`xla_cpu_use_onednn`, XNNPACK, YNNPACK's fusion
+types): none faster. Per-executable XLA options (Eigen on one thread, the concurrent scheduler):
+4-8% in benchmarks/matmul_shapes.py --step, within this machine's run-to-run spread, so not
+adopted.
+What bounds it: at the step's shapes XLA's matmul kernels take about twice PyTorch's time
+(benchmarks/matmul_shapes.py), and the step is 80% matmuls. Against makemore's loop the step
+measured 1.74x to 1.97x in four runs on a quiet machine: the goal of 2x is not met.
 """
 
 from __future__ import annotations
