@@ -1,6 +1,7 @@
 """Training speed: jaxninja against the lectures' PyTorch loops, in one process, same machine.
 
-    python benchmarks/train_speed.py [--steps 2000] [--no-compile] [--full] [--model wavenet|gpt]
+    python benchmarks/train_speed.py [--model mlp|wavenet|gpt] [--steps 2000] [--repeats 5]
+        [--no-compile] [--full] [--json FILE] [--data PATH]
 
 Measures µs per training step at the notebook's sizes (n_embd 10, n_hidden 200, block 3,
 batch 32) of
