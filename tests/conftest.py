@@ -23,7 +23,6 @@ XLA_CACHE = ROOT / ".cache" / "xla"
 # the first process of a run: xdist's controller, or pytest alone (xdist's workers, and every
 # process a test starts, inherit what it sets below)
 FIRST = "JAXNINJA_TEST_RUN_CACHE" not in os.environ
-SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 # the grader's reference cache: a folder of this run's own, never the user's cache directory,
 # shared by the run's processes, so that a reference one computed the others read
@@ -47,6 +46,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # way (XLA's fast math is off by default). Flags the user sets come after and win:
 # XLA_FLAGS="--xla_backend_optimization_level=3 --xla_cpu_use_fusion_emitters=true" runs it as
 # XLA compiles by default.
+SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 if FIRST:
     os.environ["XLA_FLAGS"] = f"{SUITE_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
 
