@@ -6,6 +6,7 @@ initial parameters on the same batches, and how far apart their runs end.
   (a) jaxninja: the training loop on the hand-written backward (`train`),
   (b) the same loop on jax.grad's gradients (`train --gradients autodiff`),
   (c) makemore's own loop: autograd over its classes and torch.optim.AdamW (torch_ref.gpt),
+(a) and (b) each step on the positions its batch uses (step.py's _trimmed), (c) on whole rows,
 at makemore's sizes (4 layers, 4 heads, n_embd 64, block 16, batch 32, AdamW lr 5e-4, betas
 (0.9, 0.99), weight decay 0.01) unless --small. Prints, for (b) and (c) against (a), the largest
 difference of a step's loss, and of the parameters' moves (final - initial) over the largest

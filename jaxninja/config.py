@@ -161,6 +161,10 @@ class TrainConfig:
     # far, kept as best.safetensors; None: none (mlp, wavenet), the GPT's 500 (SCHEDULES)
     eval_every: int | None = None
     gradients: str = "manual"  # manual: the hand-written backward; autodiff: jax.grad's
+    # rows (the GPT), one model: each step runs on the fewest of a few lengths (5/8 or 6/8 of
+    # block_size, or all) that holds its batch's targets; the rest is padding no loss reads
+    # (step.py's _trimmed: exact; on names.txt a step takes about 0.8x the time)
+    trim_rows: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

@@ -4,8 +4,9 @@ Each step draws its batch from `fold_in(key, step)`, runs the model's forward an
 hand-written backward (no jax.grad; `--gradients autodiff` takes jax.grad's instead, the
 control), and applies the gradients with optax (`sgd`, the notebook's, `adam`, or `adamw`,
 makemore's). Steps run in chunks under one jitted `lax.scan`, so there is no Python
-work per step. A step's batch and learning rate depend only on the step number, so a run resumed
-from a checkpoint ends bit-identical to one that never stopped.
+work per step; a rows model's step (the GPT's) runs on the positions its batch uses (_trimmed).
+A step's batch and learning rate depend only on the step number, so a run resumed from a
+checkpoint ends bit-identical to one that never stopped.
 
 The same step scales out unchanged (parallel.py): vmapped over many seeds at once, their models
 split across devices, or one model's batch split across devices and processes, with the
@@ -28,6 +29,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jaxninja.config import ModelConfig, TrainConfig
+from jaxninja.data import IGNORE
 from jaxninja.errors import UsageError
 from jaxninja.models import registry
 from jaxninja.models.layers import BNStats
@@ -36,6 +38,10 @@ from jaxninja.training import checkpoint
 from jaxninja.training.parallel import DATA, SEEDS
 
 Params = dict[str, jax.Array]
+# the lengths, in eighths of block_size, a rows model's step may run on besides all of it
+# (_trimmed): on names.txt (block 16) a batch of 32 words needs at most 10 positions in 56% of
+# steps, at most 12 in 93%; a length of 14 would save 1% more work for one more compiled branch
+TRIM_EIGHTHS = (5, 6)
 
 
 class TrainState(NamedTuple):
@@ -128,13 +134,53 @@ def _loss_and_grads(
     return (model.loss_and_grads_autodiff if autodiff else model.loss_and_grads)(mc, axis_name)
 
 
+def trim_lengths(block_size: int) -> list[int]:
+    """The lengths a rows model's step may run on: TRIM_EIGHTHS of block_size, and all of it."""
+    return sorted({-(-block_size * f // 8) for f in TRIM_EIGHTHS} | {block_size})
+
+
+def _trimmed(run: Callable, axis_name: str | None, block_size: int) -> Callable:
+    """`run` (a rows model's loss_and_grads) on the batch's first T positions, T the shortest
+    of trim_lengths(block_size) that holds every target the batch counts.
+
+    Exact: attention is causal, so no counted position reads a later one, and the positions
+    cut are padding whose target is IGNORE, so no loss reads them either; the loss, its count
+    and every parameter's gradient are those of the whole rows (wpe's cut rows get zero, as
+    they would). Under a data axis every device takes the length the whole batch needs."""
+    lengths = trim_lengths(block_size)
+    if len(lengths) == 1:
+        return run
+
+    def on(T: int) -> Callable:
+        def branch(params, X, Y):
+            loss, grads, stats = run(params, X[:, :T], Y[:, :T])
+            return loss, {k: grads[k] for k in params}, stats
+
+        return branch
+
+    def trimmed(params, X, Y):  # X, Y (B, T)
+        ends = jnp.where(Y != IGNORE, jnp.arange(1, Y.shape[1] + 1)[None], 0)  # (B, T)
+        need = jnp.max(ends) if axis_name is None else jax.lax.pmax(jnp.max(ends), axis_name)
+        which = jnp.searchsorted(jnp.asarray(lengths), need)
+        return jax.lax.switch(which, [on(T) for T in lengths], params, X, Y)
+
+    return trimmed
+
+
 def _train_step(
-    mc: ModelConfig, tc: TrainConfig, axis_name: str | None, backward: Callable | None = None
+    mc: ModelConfig,
+    tc: TrainConfig,
+    axis_name: str | None,
+    backward: Callable | None = None,
+    trim: bool = False,
 ) -> Callable:
-    """One model's step: forward, manual backward, optax update, running BatchNorm stats."""
+    """One model's step: forward, manual backward, optax update, running BatchNorm stats; with
+    `trim`, a rows model's step on the positions its batch uses (_trimmed)."""
     opt = make_optimizer(tc, mc.dtype)
     m = tc.bn_momentum
     loss_and_grads = _loss_and_grads(mc, axis_name, backward, tc.gradients == "autodiff")
+    if trim and registry.of(mc).rows and backward is None:
+        loss_and_grads = _trimmed(loss_and_grads, axis_name, mc.block_size)
 
     def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array]):
         Xb, Yb = batch  # (B, T), (B,): this device's slice of the batch under a data mesh
@@ -197,7 +243,8 @@ def chunk_runner(
 def _chunk_runner(mc, tc, n_models, mesh, backward) -> ChunkRunner:
     many = n_models > 1
     data_axis = DATA if mesh is not None and not many else None
-    step = _train_step(mc, tc, data_axis, backward)
+    # vmapped over seeds, a cond whose predicate differs by model would run both branches
+    step = _train_step(mc, tc, data_axis, backward, tc.trim_rows and not many)
 
     def chunk(state, start, X, Y, model_seeds, n_steps):
         # Every batch of the chunk drawn and gathered at once, before the loop: a threefry call
