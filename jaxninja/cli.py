@@ -216,7 +216,7 @@ def _train_and_report(args, path, splits, model_cfg, train_cfg, resume) -> int:
     grads = " on jax.grad's gradients (the control)" if train_cfg.gradients == "autodiff" else ""
     say(
         f"training {many}{train_cfg.steps} steps of {train_cfg.optimizer}{grads} on {path}: "
-        f"{model_cfg}"
+        f"{model_cfg.described()}"
     )
     result = train(
         model_cfg, train_cfg, splits.data["train"], splits.vocab, args.out, seeds=args.seeds,

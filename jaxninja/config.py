@@ -8,7 +8,7 @@ SCHEDULES). `--model gpt` is part 6's makemore.py Transformer: its sizes and Ada
 makemore's defaults.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal
 
 from jaxninja.errors import UsageError
@@ -57,6 +57,19 @@ class ModelConfig:
                 f"--n-embd {self.n_embd} does not split into {self.n_head} heads: give an n-embd "
                 "that n-head divides (makemore's 64 and 4)"
             )
+
+    def described(self) -> str:
+        """The config as its repr, less the fields this model does not read (UNUSED)."""
+        used = [f.name for f in fields(self) if f.name not in UNUSED[self.model]]
+        return f"ModelConfig({', '.join(f'{k}={getattr(self, k)!r}' for k in used)})"
+
+
+# the fields a model does not read: the GPT's LayerNorms fix their own eps (transformer.py)
+UNUSED = {
+    "mlp": ("n_layer", "n_head"),
+    "wavenet": ("n_layer", "n_head"),
+    "gpt": ("n_hidden", "eps"),
+}
 
 
 def _flattens_to_one(t: int, n: int) -> bool:

@@ -229,7 +229,10 @@ def _load_module(path_part: str) -> ModuleType:
 
 def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
-        raise UsageError(f"no such file: {path}")
+        raise UsageError(
+            f"no such file: {path}: check the path, or write the exercises with "
+            "`jaxninja exercises DIR`"
+        )
     if path.suffix != ".py":
         raise UsageError(f"{path} is not a Python file: name a .py file (PATH.py:FUNCTION)")
     name = f"jaxninja_candidate_{uuid.uuid4().hex}"  # a fresh module: never a cached import

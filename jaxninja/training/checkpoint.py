@@ -207,7 +207,10 @@ def load_run(
         )
     paths = [latest(d) for d in found.values()] if models > 1 else [latest(out_dir)]
     if not found and (models > 1 or paths[0] is None):
-        raise UsageError(f"--resume: {out_dir} holds no checkpoint to resume from")
+        raise UsageError(
+            f"--resume: {out_dir} holds no checkpoint to resume from: give the --out of the run "
+            "to continue, or drop --resume to start one there"
+        )
     ckpts = [_load_to_resume(path) for path in paths]
     if len({c.step for c in ckpts}) > 1:
         raise UsageError(
