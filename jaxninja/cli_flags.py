@@ -318,8 +318,8 @@ def _train_config_flags() -> list[Flag]:
         ("seed", _nonnegative_int, "initialisation and batches"),
         ("checkpoint_every", _positive_int, "steps between checkpoints"),
         ("bn_momentum", _positive_float, "of BatchNorm's running statistics"),
-        ("eval_every", _positive_int, "steps between evaluations of the val split; the best "
-         "model is kept as best.safetensors in --out"),
+        ("eval_every", _positive_int, "steps between evaluations of the val split (the last "
+         "step is evaluated too); the best model is kept as best.safetensors in --out"),
     )  # fmt: skip
     return [
         flag(f"--{name.replace('_', '-')}", type=kind, help=f"{what}{_shown_default(name)}")

@@ -4,7 +4,8 @@ the best model so far kept as `best.safetensors` in each run directory, as makem
 An evaluation reads the parameters and changes nothing a step reads, so a run that evaluates
 trains exactly as one that does not. Each evaluation's (step, val loss) goes into the
 checkpoints (Checkpoint.evals), so a resumed run knows its best so far, and evaluates and
-writes again exactly what the uninterrupted run would. The best is the first lowest: a later
+writes again exactly what the uninterrupted run would (a run that ended, resumed for more
+steps, keeps the evaluation of its old last step). The best is the first lowest: a later
 evaluation replaces it only if strictly lower. Written atomically, by process 0.
 """
 
@@ -21,9 +22,10 @@ from jaxninja.models.layers import BNStats
 from jaxninja.training import checkpoint, parallel
 
 
-def due(tc: TrainConfig, step: int) -> bool:
-    """Whether the run evaluates after `step` steps: at each multiple of eval_every."""
-    return tc.eval_every is not None and step > 0 and step % tc.eval_every == 0
+def due(tc: TrainConfig, step: int, last: int) -> bool:
+    """Whether a run of `last` steps evaluates after `step`: at each multiple of eval_every, and
+    at its last step, so that the best it keeps is never worse than where it ended."""
+    return tc.eval_every is not None and step > 0 and (step % tc.eval_every == 0 or step == last)
 
 
 def steps_to_next(tc: TrainConfig, step: int) -> int | None:

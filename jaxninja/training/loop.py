@@ -260,7 +260,7 @@ def train(
             losses = run_chunk(plan, at, X, Y)
             bar.update(len(losses))
             bar.set_postfix(loss=f"{losses.mean():.4f}")
-            if evals.due(tc, at.step):
+            if evals.due(tc, at.step, plan.steps):
                 (bar.write if progress else say)(evaluate(plan, at, val))
             if at.step % tc.checkpoint_every == 0 and at.step < plan.steps:
                 save_all(plan, at)
