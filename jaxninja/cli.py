@@ -15,14 +15,22 @@ from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-from jaxninja.cli_flags import MODEL_FLAGS, build_parser
+from jaxninja.cli_flags import FLAG_MODELS, MODEL_FLAGS, build_parser
 from jaxninja.config import model_config, training_config
 from jaxninja.errors import Interrupted, LostProcess, UsageError
 
 
-def _sizes(args: argparse.Namespace, names: tuple[str, ...] = tuple(MODEL_FLAGS)) -> dict:
-    """The size flags given (not None)."""
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+def _sizes(
+    args: argparse.Namespace, names: tuple[str, ...] = tuple(MODEL_FLAGS), model: str = ""
+) -> dict:
+    """The size flags given (not None); one that `model` does not read is refused."""
+    given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    for name in given:
+        if model and model not in FLAG_MODELS.get(name, (model,)):
+            users = " and the ".join(FLAG_MODELS[name])
+            flag = f"--{name.replace('_', '-')}"
+            raise UsageError(f"{flag} sizes the {users}, not the {model}: drop {flag}")
+    return given
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -76,7 +84,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     args.batch_size = 32 if args.batch_size is None else args.batch_size
     args.seed = 0 if args.seed is None else args.seed
     check_batch_size(args.batch_size)
-    cfg = model_config(args.model or "mlp", "check", dtype=args.dtype, **_sizes(args))
+    name = args.model or "mlp"
+    cfg = model_config(name, "check", dtype=args.dtype, **_sizes(args, model=name))
     path = data.resolve_data_path(args.data)
     splits = (data.load_rows if cfg.model == "gpt" else data.load_splits)(path, cfg.block_size)
     cfg = replace(cfg, vocab_size=splits.vocab.size)
@@ -162,7 +171,8 @@ def _train_configs(
         train_flags["lr"] = None  # the chosen optimizer's default (config.DEFAULT_LR)
     if not resume:
         name = args.model or "mlp"
-        model = _model_for_data(name, "train", words, _sizes(args), vocab_size=vocab_size)
+        sizes = _sizes(args, model=name)
+        model = _model_for_data(name, "train", words, sizes, vocab_size=vocab_size)
         return model, training_config(name, **train_flags)
     model, train = resume[0].model, resume[0].train
     if args.model not in (None, model.model):
@@ -171,7 +181,7 @@ def _train_configs(
             f"--resume: {where} is a checkpoint of the {model.model} model, and --model says "
             f"{args.model}: drop --model, or train into another --out"
         )
-    model = replace(model, vocab_size=vocab_size, **_sizes(args))
+    model = replace(model, vocab_size=vocab_size, **_sizes(args, model=model.model))
     return model, replace(train, **train_flags)
 
 

@@ -21,6 +21,7 @@ from jaxninja.config import (
     MODELS,
     OPTIMIZERS,
     SCHEDULES,
+    UNUSED,
     TrainConfig,
     model_config,
 )
@@ -169,8 +170,8 @@ MODEL_FLAGS = {
     "n_layer": "Transformer blocks",
     "n_head": "attention heads a block (must divide n-embd)",
 }
-# the models a size flag means something to (the others ignore it); a flag not here: all
-FLAG_MODELS = {"n_hidden": ("mlp", "wavenet"), "n_layer": ("gpt",), "n_head": ("gpt",)}
+# the models a size flag means something to (config.UNUSED: the others refuse it)
+FLAG_MODELS = {k: tuple(m for m in MODELS if k not in UNUSED[m]) for k in MODEL_FLAGS}
 
 
 def _data_flag() -> Flag:
@@ -182,13 +183,13 @@ def _data_flag() -> Flag:
     )
 
 
-def _model_choice(what: str) -> Flag:
+def _model_choice(what: str, default: str = "mlp") -> Flag:
     return flag(
         "--model",
         choices=MODELS,
         default=None,
-        help=f"{what}: mlp (part 4, the default), wavenet (part 5) or gpt (part 6, makemore's "
-        "Transformer)",
+        help=f"{what}: mlp (part 4), wavenet (part 5) or gpt (part 6, makemore's Transformer); "
+        f"default {default}",
     )
 
 
@@ -410,7 +411,7 @@ def _checkpoint_command(what: str, more: list[Flag]) -> Command:
             flag(
                 "--checkpoint", required=True, help="a .safetensors checkpoint, or a run directory"
             ),
-            _model_choice("the model the checkpoint must be (refused if not; default: any)"),
+            _model_choice("the model the checkpoint must be (refused if not)", "any"),
             *more,
         ],
     )

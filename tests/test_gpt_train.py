@@ -235,6 +235,7 @@ def test_the_cli_trains_evaluates_and_samples_a_gpt(names_path, tmp_path, capsys
         (["--block-size", "8"], "its row needs block size 16, above 8"),
         (["--eval-every", "0"], "--eval-every: must be >= 1"),
         (["--eval-every", "-3"], "--eval-every: must be >= 1"),
+        (["--n-hidden", "100"], "--n-hidden sizes the mlp and the wavenet, not the gpt"),
     ],
 )
 def test_bad_gpt_input_is_one_line_and_writes_nothing(names_path, tmp_path, capsys, args, message):
