@@ -112,6 +112,18 @@ def test_a_mistake_is_named_where_it_enters_with_a_hint(folder, old, new, first,
     assert hint in result.format(), result.format()
 
 
+def test_a_scale_hint_needs_one_scale():
+    """A gradient much smaller than the right one is that one times r only if it is: a
+    learner's dprobs off by a factor of probs squared once got "times 0.0001" (a new user's
+    trial)."""
+    from jaxninja.learn.hints import _scale_hint
+
+    ref = np.random.default_rng(0).standard_normal((32, 27))
+    assert "times 2 at batch 32" in _scale_hint("probs", 2 * ref, ref, 32)
+    assert _scale_hint("probs", 1e-4 * ref, ref, 32).endswith("times 0.0001")
+    assert _scale_hint("probs", 1e-5 * ref**3, ref, 32) is None
+
+
 def test_exercises_2_and_3_right_and_unfilled(folder):
     answers = {
         2: ("ex2_cross_entropy.py", "cross_entropy_backward", "dlogits_fused(logits, Yb)"),

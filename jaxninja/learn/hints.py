@@ -63,7 +63,9 @@ def _scale_hint(name: str, yours: np.ndarray, ref: np.ndarray, n: int) -> str | 
     if denom == 0:
         return None
     r = float((yours * ref).sum()) / denom
-    if np.abs(yours - r * ref).max() > 1e-3 * np.abs(ref).max():
+    # measured against the scaled tensor: a small `yours` is within 1e-3 of `ref`'s size of any
+    # r * ref, whatever its shape
+    if r == 0 or np.abs(yours - r * ref).max() > 1e-3 * abs(r) * np.abs(ref).max():
         return None
     factors = {
         f"{n}/32": n / 32, f"32/{n}": 32 / n, f"{n}/{n - 1}": n / (n - 1),
