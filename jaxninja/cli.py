@@ -214,6 +214,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_and_report(args, path, splits, model_cfg, train_cfg, resume)
 
 
+def _run_line(args: argparse.Namespace, path, mc, tc) -> str:
+    """The line a run opens with: how it trains, on what and into where, and the model."""
+    from math import prod
+
+    from jaxninja.models import registry
+
+    many = f"{args.seeds} models of " if args.seeds > 1 else ""
+    grads = " on jax.grad's gradients (the control)" if tc.gradients == "autodiff" else ""
+    lr = f"lr {tc.lr:g}"
+    if tc.lr_decay_step < tc.steps:
+        lr += f", {tc.lr_decayed:g} from step {tc.lr_decay_step}"
+    decay = f", weight decay {tc.weight_decay:g}" if tc.optimizer == "adamw" else ""
+    evals = f", the val loss every {tc.eval_every}" if tc.eval_every else ""
+    n = sum(prod(shape) for shape in registry.of(mc).param_shapes(mc).values())
+    return (
+        f"training {many}{tc.steps} steps of {tc.optimizer} ({lr}, batch {tc.batch_size}{decay}"
+        f"{evals}){grads}, on {path} into {args.out}: the {mc.model}, {n:,} parameters, "
+        f"{mc.described()}"
+    )
+
+
 def _train_and_report(args, path, splits, model_cfg, train_cfg, resume) -> int:
     from jaxninja.training import parallel
     from jaxninja.training.loop import train
@@ -222,12 +243,7 @@ def _train_and_report(args, path, splits, model_cfg, train_cfg, resume) -> int:
     main = parallel.is_main_process()
     say = print if main else (lambda *_: None)
     backward = _graded_backward(args.backward, model_cfg, path) if args.backward else None
-    many = f"{args.seeds} models of " if args.seeds > 1 else ""
-    grads = " on jax.grad's gradients (the control)" if train_cfg.gradients == "autodiff" else ""
-    say(
-        f"training {many}{train_cfg.steps} steps of {train_cfg.optimizer}{grads} on {path}: "
-        f"{model_cfg.described()}"
-    )
+    say(_run_line(args, path, model_cfg, train_cfg))
     result = train(
         model_cfg, train_cfg, splits.data["train"], splits.vocab, args.out, seeds=args.seeds,
         devices=args.devices, resume=resume or False, progress=not args.no_progress and main,
