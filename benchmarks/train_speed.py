@@ -275,13 +275,14 @@ def gpt_rows(args, X, Y, vocab_size: int) -> tuple[dict, object, object]:
 def mean_trimmed_flops(mc, tc, Y: np.ndarray, steps: int) -> float:
     """The mean FLOPs of the steps (c) and (d) take: each on the fewest positions that hold its
     batch's targets (step.py's _trimmed), over the batches of the first `steps` steps."""
-    from jaxninja.data import IGNORE
-    from jaxninja.training.step import batch_indices, trim_lengths
+    import jax
+
+    from jaxninja.training.step import batch_indices, positions_needed, trim_lengths
 
     ix = batch_indices(tc.seed, steps, len(Y), tc.batch_size)  # (steps, B)
-    ends = np.where(Y != IGNORE, np.arange(1, Y.shape[1] + 1)[None], 0).max(1)  # (N,)
+    need = np.asarray(jax.vmap(positions_needed)(Y[ix]))  # (steps,)
     lengths = np.asarray(trim_lengths(mc.block_size))
-    T = lengths[np.searchsorted(lengths, ends[ix].max(1))]  # (steps,)
+    T = lengths[np.searchsorted(lengths, need)]  # (steps,)
     B, C, L, V = tc.batch_size, mc.n_embd, mc.n_layer, mc.vocab_size
     return float(np.mean([gpt_step_flops(B, int(t), C, L, V) for t in T]))
 

@@ -216,8 +216,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _run_line(args: argparse.Namespace, path, mc, tc) -> str:
     """The line a run opens with: how it trains, on what and into where, and the model."""
-    from math import prod
-
     from jaxninja.models import registry
 
     many = f"{args.seeds} models of " if args.seeds > 1 else ""
@@ -227,7 +225,7 @@ def _run_line(args: argparse.Namespace, path, mc, tc) -> str:
         lr += f", {tc.lr_decayed:g} from step {tc.lr_decay_step}"
     decay = f", weight decay {tc.weight_decay:g}" if tc.optimizer == "adamw" else ""
     evals = f", the val loss every {tc.eval_every}" if tc.eval_every else ""
-    n = sum(prod(shape) for shape in registry.of(mc).param_shapes(mc).values())
+    n = registry.of(mc).n_params(mc)
     return (
         f"training {many}{tc.steps} steps of {tc.optimizer} ({lr}, batch {tc.batch_size}{decay}"
         f"{evals}){grads}, on {path} into {args.out}: the {mc.model}, {n:,} parameters, "

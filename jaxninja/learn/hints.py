@@ -63,8 +63,8 @@ def _scale_hint(name: str, yours: np.ndarray, ref: np.ndarray, n: int) -> str | 
     if denom == 0:
         return None
     r = float((yours * ref).sum()) / denom
-    # measured against the scaled tensor: a small `yours` is within 1e-3 of `ref`'s size of any
-    # r * ref, whatever its shape
+    # the misfit against r * ref's own size: against ref's, any `yours` far smaller than ref
+    # would fit, whatever its shape
     if r == 0 or np.abs(yours - r * ref).max() > 1e-3 * abs(r) * np.abs(ref).max():
         return None
     factors = {

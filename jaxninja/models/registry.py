@@ -41,6 +41,7 @@ class Model(NamedTuple):
     eval_fns: Callable[[ModelConfig], tuple[Callable, dict[str, Callable]]]
     # (cfg, axis_name) -> what loss_and_grads gives, its gradients by jax.grad (--gradients)
     loss_and_grads_autodiff: Callable[[ModelConfig, str | None], Callable]
+    n_params: Callable[[ModelConfig], int]  # every parameter, counted
     rows: bool = False  # trains on makemore's rows (data.rows_from_words), not context windows
 
 
@@ -94,15 +95,16 @@ def _autodiff(loss: Callable) -> Callable:
 MODELS = {
     "mlp": Model(
         "mlp", mlp.param_shapes, mlp.bn_shapes, mlp.init_params, mlp.check_fits,
-        _mlp_loss_and_grads, lambda cfg: mlp.eval_fns(cfg.eps), _mlp_autodiff,
+        _mlp_loss_and_grads, lambda cfg: mlp.eval_fns(cfg.eps), _mlp_autodiff, mlp.n_params,
     ),
     "wavenet": Model(
         "wavenet", wavenet.param_shapes, wavenet.bn_shapes, wavenet.init_params,
         wavenet.check_fits, wavenet.loss_and_grads, wavenet.eval_fns, _wavenet_autodiff,
+        wavenet.n_params,
     ),
     "gpt": Model(
         "gpt", gpt.param_shapes, gpt.bn_shapes, gpt.init_params, gpt.check_fits,
-        gpt.loss_and_grads, gpt.eval_fns, _gpt_autodiff, rows=True,
+        gpt.loss_and_grads, gpt.eval_fns, _gpt_autodiff, gpt.n_params, rows=True,
     ),
 }  # fmt: skip
 

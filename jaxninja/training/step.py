@@ -139,6 +139,11 @@ def trim_lengths(block_size: int) -> list[int]:
     return sorted({-(-block_size * f // 8) for f in TRIM_EIGHTHS} | {block_size})
 
 
+def positions_needed(Y: jax.Array) -> jax.Array:
+    """The positions a batch of rows (B, T) needs: 1 + the last one whose target counts."""
+    return jnp.max(jnp.where(Y != IGNORE, jnp.arange(1, Y.shape[-1] + 1)[None], 0))
+
+
 def _trimmed(run: Callable, axis_name: str | None, block_size: int) -> Callable:
     """`run` (a rows model's loss_and_grads) on the batch's first T positions, T the shortest
     of trim_lengths(block_size) that holds every target the batch counts.
@@ -159,8 +164,8 @@ def _trimmed(run: Callable, axis_name: str | None, block_size: int) -> Callable:
         return branch
 
     def trimmed(params, X, Y):  # X, Y (B, T)
-        ends = jnp.where(Y != IGNORE, jnp.arange(1, Y.shape[1] + 1)[None], 0)  # (B, T)
-        need = jnp.max(ends) if axis_name is None else jax.lax.pmax(jnp.max(ends), axis_name)
+        need = positions_needed(Y)
+        need = need if axis_name is None else jax.lax.pmax(need, axis_name)
         which = jnp.searchsorted(jnp.asarray(lengths), need)
         return jax.lax.switch(which, [on(T) for T in lengths], params, X, Y)
 
