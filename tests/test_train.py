@@ -345,7 +345,7 @@ def test_replay_parity_with_the_notebook_loop(splits, tmp_path):
         assert abs(a - b) <= 1e-6, (s, a, b)
 
 
-@pytest.mark.parametrize("chunk", [None, 1000])  # one chunk and a padded last; 183 chunks
+@pytest.mark.parametrize("chunk", [None, 20_000])  # one chunk; ten, the last padded
 def test_streamed_evaluation_is_the_all_at_once_one(trained, splits, monkeypatch, chunk):
     """Calibration and split losses over chunks equal the whole split at once, in float64."""
     import jaxninja.models.evaluate as evaluate
@@ -370,6 +370,17 @@ def test_streamed_evaluation_is_the_all_at_once_one(trained, splits, monkeypatch
         nll = np.log(np.exp(logits).sum(1)) - logits[np.arange(len(Ys)), Ys]
         got = split_loss(to_device(trained.checkpoint.params), bn, Xs, Ys)
         assert abs(got - nll.mean()) <= 1e-6, (split, got, nll.mean())
+
+
+def test_a_partial_last_chunk_is_padded_to_the_fewest_rows_of_a_few_shapes():
+    from jaxninja.models.evaluate import chunks, padded_size
+
+    assert [padded_size(n, 65_536) for n in (51_553, 22_655, 32_768, 32_769, 1)] == [
+        65_536, 32_768, 32_768, 65_536, 4_096,
+    ]  # fmt: skip
+    shapes = [(len(Xc), None if mask is None else int(mask.sum()))
+              for (Xc,), mask in chunks(np.arange(45), size=20)]  # fmt: skip
+    assert shapes == [(20, None), (20, None), (5, 5)]
 
 
 def test_the_learning_rate_default_lives_in_the_config(names_path):
