@@ -211,15 +211,15 @@ def test_split_loss_and_greedy_samples_are_makemores(whole, rows):
     assert names == [rows.vocab.decode(row[: row.index(0)] if 0 in row else row)] * 2
 
 
-def test_the_cli_trains_evaluates_and_samples_a_gpt(names_path, tmp_path, capsys):
+def test_the_cli_trains_evaluates_and_samples_a_gpt(names_path, few_names, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--data", str(names_path), "--out", str(out), *FLAGS, "--no-progress"]
+    args = ["train", "--data", str(few_names), "--out", str(out), *FLAGS, "--no-progress"]
     assert main([*args, "--steps", "40", "--eval-every", "20"]) == 0
     text = capsys.readouterr().out
     assert "adamw" in text and "block_size=16" in text and "split loss: train" in text
     assert "best: step" in text and "; last: step 40" in text and "1.92" in text
     for ckpt in (out, out / checkpoint.BEST):
-        assert main(["eval", "--checkpoint", str(ckpt), "--data", str(names_path)]) == 0
+        assert main(["eval", "--checkpoint", str(ckpt), "--data", str(few_names)]) == 0
         assert "split loss: train" in capsys.readouterr().out
         assert main(["sample", "--checkpoint", str(ckpt), "-n", "3", "--model", "gpt"]) == 0
         assert len(capsys.readouterr().out.split()) == 3

@@ -65,9 +65,12 @@ def test_sigterm_saves_and_the_resumed_run_is_bit_identical(names_path, splits, 
     assert line.endswith(f"continue with `jaxninja train --out {out} --resume`"), line
     stopped = checkpoint.load(out).step
     assert 0 < stopped < TC.steps and len(checkpoint.load(out).losses) == stopped
+    # resumed for one more chunk (not to 10,000: the same steps, as many as a test needs)
+    total = stopped + 100
     assert main(["train", "--data", str(names_path), "--out", str(out), "--resume",
-                 "--no-progress"]) == 0  # fmt: skip
-    whole = train(MC, TC, splits.data["train"], splits.vocab, tmp_path / "whole", progress=False)
+                 "--steps", str(total), "--no-progress"]) == 0  # fmt: skip
+    whole = train(MC, replace(TC, steps=total), splits.data["train"], splits.vocab,
+                  tmp_path / "whole", progress=False)  # fmt: skip
     assert_same(checkpoint.load(out), whole.checkpoint)  # bit-identical
 
 
@@ -80,21 +83,29 @@ def test_sigterm_under_seeds(names_path, splits, tmp_path):
     code, err, _ = finish(proc)
     assert code == 143 and "and the other seeds" in err and "--seeds 2 --resume" in err, err
     steps = {checkpoint.load(out / f"seed-{s}").step for s in (3, 4)}
-    assert len(steps) == 1 and 0 < steps.pop() < TC.steps  # every seed saved at the same step
+    assert len(steps) == 1  # every seed saved at the same step
+    stopped = steps.pop()
+    assert 0 < stopped < TC.steps
+    total = stopped + 100
     args = ["train", "--data", str(names_path), "--out", str(out), "--seeds", "2", "--resume"]
-    assert main([*args, "--no-progress"]) == 0
-    whole = train(MC, replace(TC, seed=3), splits.data["train"], splits.vocab,
+    assert main([*args, "--steps", str(total), "--no-progress"]) == 0
+    whole = train(MC, replace(TC, seed=3, steps=total), splits.data["train"], splits.vocab,
                   tmp_path / "whole", seeds=2, progress=False)  # fmt: skip
     for seed, ckpt in zip((3, 4), whole.checkpoints, strict=True):
         assert_same(checkpoint.load(out / f"seed-{seed}"), ckpt)  # bit-identical
+
+
+# the processes of a cluster all-reduce every step, slowly beside the suite's other work:
+# chunks (and checkpoints) of 20 steps, not TC's 100
+CLUSTER_CHUNK = 20
 
 
 def _cluster(names_path, out: Path, port, i, steps: int = 100_000, *extra):
     """Process i of 2; by default a run far too long to end before the test's signal."""
     return launch(
         names_path, "--out", str(out), "--steps", str(steps), *TC_FLAGS,
-        "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-        "--process-id", str(i), *extra,
+        "--checkpoint-every", str(CLUSTER_CHUNK), "--coordinator", f"127.0.0.1:{port}",
+        "--num-processes", "2", "--process-id", str(i), *extra,
     )  # fmt: skip
 
 
@@ -111,8 +122,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(names_path, spli
     assert len(steps) == 1, results  # the same step in both
     assert "process 0 saved" in results[1][1] and not (tmp_path / "p1").exists()
     stopped = checkpoint.load(tmp_path / "p0").step
-    assert str(stopped) == steps.pop() and stopped % 100 == 0
-    port, total = free_port(), stopped + 100
+    assert str(stopped) == steps.pop() and stopped % CLUSTER_CHUNK == 0
+    port, total = free_port(), stopped + CLUSTER_CHUNK
     # resumed from one --out, as on a shared filesystem (every process reads the checkpoint)
     procs = [_cluster(names_path, tmp_path / "p0", port, i, total, "--resume") for i in (0, 1)]
     results = [finish(p) for p in procs]
