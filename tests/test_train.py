@@ -345,7 +345,7 @@ def test_replay_parity_with_the_notebook_loop(splits, tmp_path):
         assert abs(a - b) <= 1e-6, (s, a, b)
 
 
-@pytest.mark.parametrize("chunk", [None, 20_000])  # one chunk; ten, the last padded
+@pytest.mark.parametrize("chunk", [None, 20_000])  # the default; ten, the last padded to 5,000
 def test_streamed_evaluation_is_the_all_at_once_one(trained, splits, monkeypatch, chunk):
     """Calibration and split losses over chunks equal the whole split at once, in float64."""
     import jaxninja.models.evaluate as evaluate
