@@ -124,6 +124,18 @@ def test_a_scale_hint_needs_one_scale():
     assert _scale_hint("probs", 1e-5 * ref**3, ref, 32) is None
 
 
+def test_a_constant_error_blames_the_batch_mean_only_in_dhprebn():
+    """dprobs + 0.01 was told to check "the term through the batch mean (1/n, not 1/(n-1))"
+    (a new user's trial): only dhprebn has that term."""
+    from jaxninja.learn.hints import _broadcast_hint
+
+    ref = np.random.default_rng(0).standard_normal((32, 64))
+    bnraw = np.random.default_rng(1).standard_normal((32, 64))
+    assert "the same amount in every example" in _broadcast_hint("hprebn", ref + 0.01, ref, bnraw)
+    assert _broadcast_hint("probs", ref + 0.01, ref, bnraw) is None
+    assert _broadcast_hint("bnraw", ref + 0.5 * bnraw, ref, bnraw) is None
+
+
 def test_exercises_2_and_3_right_and_unfilled(folder):
     answers = {
         2: ("ex2_cross_entropy.py", "cross_entropy_backward", "dlogits_fused(logits, Yb)"),

@@ -84,10 +84,11 @@ def _scale_hint(name: str, yours: np.ndarray, ref: np.ndarray, n: int) -> str | 
 
 
 def _broadcast_hint(name: str, yours: np.ndarray, ref: np.ndarray, bnraw: np.ndarray):
-    """A hint where the error is the same in every example, or bnraw times a per-unit constant:
-    the two batch-summed terms of dhprebn (the mean's 1/n; the variance's n/(n-1))."""
+    """A hint where dhprebn's error is the same in every example, or bnraw times a per-unit
+    constant: its two batch-summed terms (the mean's 1/n; the variance's n/(n-1)). Only
+    hprebn's: another tensor off by a constant (dprobs + 0.01) has no batch mean to blame."""
     diff = yours - ref
-    if diff.ndim != 2 or diff.shape[0] < 2:
+    if name != "hprebn" or diff.ndim != 2 or diff.shape[0] < 2:
         return None
     size = np.abs(diff).max()
     if np.abs(diff - diff[:1]).max() < 1e-3 * size:
