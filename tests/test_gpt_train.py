@@ -284,7 +284,7 @@ def test_the_control_and_an_exercise_backward_do_not_mix(names_path, tmp_path, c
     assert "--backward is your exercise-1 gradients, not jax.grad's" in err and not out.exists()
 
 
-def test_eval_every_works_for_the_mlp_too(splits, tmp_path):
+def test_eval_every_works_for_the_mlp_too(splits, tmp_path, capsys):
     """--eval-every is every model's: the MLP's val loss on its running statistics; the last
     step is evaluated too, so the best kept is never worse than the end."""
     from tests.runs import MC as MLP
@@ -295,6 +295,11 @@ def test_eval_every_works_for_the_mlp_too(splits, tmp_path):
     r = train(MLP, tc, data, splits.vocab, tmp_path, progress=False, val=val, log=lambda s: None)
     assert r.checkpoint.evals[:, 0].tolist() == [100, 200, 250]
     assert checkpoint.load(tmp_path / checkpoint.BEST).step == r.checkpoint.best[0]
+    from jaxninja.training.report import print_best
+
+    print_best(r.checkpoint, tmp_path, splits)  # at the same step, each says its statistics
+    line = capsys.readouterr().out
+    assert ", running BatchNorm (" in line and line.rstrip().endswith(", calibrated BatchNorm")
     empty = (val[0][:0], val[1][:0])
     with pytest.raises(UsageError, match="evaluates the val split, and it is empty"):
         train(MLP, tc, data, splits.vocab, tmp_path / "b", progress=False, val=empty)

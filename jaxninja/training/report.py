@@ -93,9 +93,20 @@ def print_best(ckpt: checkpoint.Checkpoint, run_dir: Path, splits: Splits) -> No
     step, val, test = found
     last_val, last_test = split_losses(ckpt, splits, ckpt.bn, ("val", "test"))
     print(
-        f"best: step {step}, val {val:.4f}, test {test:.4f} ({Path(run_dir) / checkpoint.BEST}); "
+        f"best: step {step}, val {val:.4f}, test {test:.4f}{_on_stats(ckpt, False)} "
+        f"({Path(run_dir) / checkpoint.BEST}); "
         f"last: step {ckpt.step}, val {last_val:.4f}, test {last_test:.4f}"
+        f"{_on_stats(ckpt, ckpt.bn_calibrated is not None)}"
     )
+
+
+def _on_stats(ckpt: checkpoint.Checkpoint, calibrated: bool) -> str:
+    """Which BatchNorm statistics a model's losses are on, for a model that has BatchNorm: the
+    best model keeps the running ones it was evaluated on, the last one is calibrated, so at
+    the same step the two differ."""
+    if not ckpt.bn_running:
+        return ""
+    return ", calibrated BatchNorm" if calibrated else ", running BatchNorm"
 
 
 def _print_seed_bests(ckpts: list[checkpoint.Checkpoint], splits: Splits, dirs: list[Path]) -> None:
