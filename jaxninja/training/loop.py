@@ -267,7 +267,7 @@ def train(
                 (bar.write if progress else say)(_saved_line(plan, at, losses))
         bar.close()
         # A signal from here on waits for the last checkpoint (the calibration takes seconds)
-        calibrated = None if at.step < plan.steps else _calibrate(plan, at, data[0])
+        calibrated = None if at.step < plan.steps else _calibrate(plan, at, data[0], say)
         final = save_all(plan, at, calibrated=calibrated)
         plot_all(at.losses, plan.dirs, at.evals)
     if stop.signum is not None:  # stopped by a signal: saved; say how to resume, or that it ended
@@ -276,11 +276,15 @@ def train(
     return TrainResult(final, paths, at.train_seconds, at.compile_seconds, at.step - first)
 
 
-def _calibrate(plan: Plan, at: Progress, X: np.ndarray) -> list[dict[str, BNStats]] | None:
+def _calibrate(
+    plan: Plan, at: Progress, X: np.ndarray, say: Callable[[str], None]
+) -> list[dict[str, BNStats]] | None:
     """Each model's BatchNorm statistics over the whole train split (registry.calibrate); None
-    for a model without BatchNorm."""
+    for a model without BatchNorm. It takes seconds (the WaveNet's, 5 s on a 2-core CPU), so
+    it says so first."""
     if not registry.of(plan.mc).bn_shapes(plan.mc):
         return None
+    say(f"calibrating BatchNorm over the {len(X):,} training examples")
     host = parallel.fetch(at.state.params)
     stats = [
         registry.calibrate(plan.mc, registry.to_device(_model(host, k, plan.models)), X)
