@@ -75,14 +75,14 @@ def print_seed_table(
     print(f"  ({LECTURE[ckpts[0].model.model]})")
 
 
-def best_losses(run_dir: Path, splits: Splits) -> tuple[int, float, float] | None:
-    """(step, val, test) of a run directory's best model (best.safetensors), or None."""
+def best_losses(run_dir: Path, splits: Splits) -> tuple[checkpoint.Checkpoint, float, float] | None:
+    """(the checkpoint, val, test) of a run directory's best model (best.safetensors), or None."""
     path = Path(run_dir) / checkpoint.BEST
     if not path.exists():
         return None
     best = checkpoint.load(path)
     val, test = split_losses(best, splits, best.bn, ("val", "test"))
-    return best.step, val, test
+    return best, val, test
 
 
 def print_best(ckpt: checkpoint.Checkpoint, run_dir: Path, splits: Splits) -> None:
@@ -90,23 +90,22 @@ def print_best(ckpt: checkpoint.Checkpoint, run_dir: Path, splits: Splits) -> No
     found = best_losses(run_dir, splits) if ckpt.best is not None else None
     if not found:
         return
-    step, val, test = found
+    best, val, test = found
     last_val, last_test = split_losses(ckpt, splits, ckpt.bn, ("val", "test"))
     print(
-        f"best: step {step}, val {val:.4f}, test {test:.4f}{_on_stats(ckpt, False)} "
+        f"best: step {best.step}, val {val:.4f}, test {test:.4f}{_on_stats(best)} "
         f"({Path(run_dir) / checkpoint.BEST}); "
-        f"last: step {ckpt.step}, val {last_val:.4f}, test {last_test:.4f}"
-        f"{_on_stats(ckpt, ckpt.bn_calibrated is not None)}"
+        f"last: step {ckpt.step}, val {last_val:.4f}, test {last_test:.4f}{_on_stats(ckpt)}"
     )
 
 
-def _on_stats(ckpt: checkpoint.Checkpoint, calibrated: bool) -> str:
-    """Which BatchNorm statistics a model's losses are on, for a model that has BatchNorm: the
-    best model keeps the running ones it was evaluated on, the last one is calibrated, so at
-    the same step the two differ."""
+def _on_stats(ckpt: checkpoint.Checkpoint) -> str:
+    """Which BatchNorm statistics a checkpoint's losses are on, for a model that has BatchNorm:
+    the best model keeps the running ones it was evaluated on, the last one is calibrated, so
+    at the same step the two differ."""
     if not ckpt.bn_running:
         return ""
-    return ", calibrated BatchNorm" if calibrated else ", running BatchNorm"
+    return ", calibrated BatchNorm" if ckpt.bn_calibrated is not None else ", running BatchNorm"
 
 
 def _print_seed_bests(ckpts: list[checkpoint.Checkpoint], splits: Splits, dirs: list[Path]) -> None:
@@ -115,8 +114,8 @@ def _print_seed_bests(ckpts: list[checkpoint.Checkpoint], splits: Splits, dirs: 
         return
     print(f"best model ({checkpoint.BEST}):")
     print(f"{'seed':>12s}  {'step':>7s}  {'val':>7s}  {'test':>7s}")
-    for ckpt, (step, val, test) in zip(ckpts, rows, strict=True):
-        print(f"{ckpt.train.seed:12d}  {step:7d}  {val:7.4f}  {test:7.4f}")
+    for ckpt, (best, val, test) in zip(ckpts, rows, strict=True):
+        print(f"{ckpt.train.seed:12d}  {best.step:7d}  {val:7.4f}  {test:7.4f}")
     mean, std = _mean_std(np.asarray([r[1:] for r in rows]))
     print(
         f"mean ± std over {len(rows)} seeds: best val {mean[0]:.4f} ± {std[0]:.4f}  "
