@@ -73,8 +73,9 @@ class Checked(NamedTuple):
     grad_order: Callable[[ModelConfig], tuple[str, ...]]  # the rows, in the backward's order
     shapes: Callable[[ModelConfig, int], dict[str, tuple[int, ...]]]  # every row's, at a batch
     init: Callable[[ModelConfig, int], dict[str, np.ndarray]]  # (cfg, seed): check_params
-    # jitted, static (cfg, hook): (cfg, hook, params, Xb, Yb) -> (loss, {manual, jax.grad,
-    # layer vjp}), the manual backward with `hook` in its seats
+    # jitted, static (cfg, hook, vjps): (cfg, hook, params, Xb, Yb, vjps) -> (loss, {manual,
+    # jax.grad, layer vjp}), the manual backward with `hook` in its seats; without `layer vjp`
+    # where vjps is False (a grade's references: its layer vjps are fed the learner's rows)
     jax_sources: Callable
     # jitted, static cfg: (cfg, params, Xb, Yb, rows) -> every row by one layer's jax.vjp fed
     # `rows`' gradient of its output (a grade's: the learner's backward as it flowed)
@@ -90,13 +91,11 @@ def checked(
     vjps (cfg, params, Xb, Yb, rows) -> rows and its torch_ref source; `hook`: the keyword its
     loss_and_grads takes what is in the backward's seats by (None there: the model's own)."""
 
-    def jax_sources(cfg: ModelConfig, seats: Any, params, Xb, Yb):
+    def jax_sources(cfg: ModelConfig, seats: Any, params, Xb, Yb, vjps: bool = True):
         loss, manual, _ = model.loss_and_grads(cfg, **{hook: seats})(params, Xb, Yb)
-        sources = {
-            "manual": manual,
-            "jax.grad": model.grads_autodiff(cfg, params, Xb, Yb),
-            "layer vjp": layer_vjps(cfg, params, Xb, Yb, manual),
-        }
+        sources = {"manual": manual, "jax.grad": model.grads_autodiff(cfg, params, Xb, Yb)}
+        if vjps:
+            sources["layer vjp"] = layer_vjps(cfg, params, Xb, Yb, manual)
         return loss, sources
 
     def shapes(cfg: ModelConfig, batch_size: int) -> dict[str, tuple[int, ...]]:
@@ -104,7 +103,8 @@ def checked(
 
     return Checked(
         name, model.grad_order, shapes, model.check_params,
-        jax.jit(jax_sources, static_argnums=(0, 1)), jax.jit(layer_vjps, static_argnums=0), torch,
+        jax.jit(jax_sources, static_argnums=(0, 1, 5)), jax.jit(layer_vjps, static_argnums=0),
+        torch,
     )  # fmt: skip
 
 
@@ -121,10 +121,12 @@ def upcast(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float64) for k, v in params.items()}
 
 
-def run_sources(checked: Checked, cfg: ModelConfig, params, Xb, Yb, with_torch: bool, hook=None):
+def run_sources(
+    checked: Checked, cfg: ModelConfig, params, Xb, Yb, with_torch: bool, hook=None, vjps=True
+):
     """Every source's rows in cfg's dtype (numpy), and the losses; `hook`: what is in the
-    backward's seats (None: the model's own)."""
-    loss, sources = checked.jax_sources(cfg, hook, to_device(params), Xb, Yb)
+    backward's seats (None: the model's own); vjps False: without the layer vjps."""
+    loss, sources = checked.jax_sources(cfg, hook, to_device(params), Xb, Yb, vjps)
     losses = {"stack": float(loss)}
     if with_torch:
         losses["torch"], sources["torch autograd"] = checked.torch(cfg, params, Xb, Yb)
@@ -132,21 +134,21 @@ def run_sources(checked: Checked, cfg: ModelConfig, params, Xb, Yb, with_torch: 
 
 
 def gradient_sources(
-    checked: Checked, cfg: ModelConfig, case: Case, with_torch: bool, hook: Any = None
-) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
+    checked: Checked, cfg: ModelConfig, case: Case, with_torch: bool, hook: Any = None,
+    vjps: bool = True,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:  # fmt: skip
     """The engine's flat sources (named.py) and the losses in the case's dtype; the references
-    use the model's own backward, `hook` the one checked."""
-    sources, losses = run_sources(checked, cfg, case.params, case.Xb, case.Yb, with_torch, hook)
+    use the model's own backward, `hook` the one checked; vjps False: without the layer vjps."""
+    run = (case.Xb, case.Yb, with_torch, hook, vjps)
+    sources, losses = run_sources(checked, cfg, case.params, *run)
     with jax.enable_x64(True):
         cfg64 = in_dtype(cfg, "float64")
         if cfg.dtype != "float64":
-            wide, _ = run_sources(
-                checked, cfg64, upcast(case.params), case.Xb, case.Yb, with_torch, hook
-            )
+            wide, _ = run_sources(checked, cfg64, upcast(case.params), *run)
             sources |= {s + F64: g for s, g in wide.items()}
         # jax.grad on the moved inputs: the float64 sources' compile again, its jax.grad kept
         moved = to_device(moved_inputs(case.params, 0))
-        moved = checked.jax_sources(cfg64, hook, moved, case.Xb, case.Yb)[1]["jax.grad"]
+        moved = checked.jax_sources(cfg64, hook, moved, case.Xb, case.Yb, vjps)[1]["jax.grad"]
         sources[MOVED] = {k: np.asarray(v) * moved_cotangent(0) for k, v in moved.items()}
     return sources, losses
 

@@ -44,7 +44,6 @@ from jaxninja.config import VERSION, ModelConfig
 from jaxninja.data import load_rows, load_splits
 from jaxninja.fileio import atomic_path
 from jaxninja.models.mlp import Case, make_case
-from jaxninja.parity.named import F64
 from jaxninja.parity.sides import check_context
 
 CACHE_ENV = "JAXNINJA_CACHE"
@@ -114,8 +113,9 @@ def _compute_seated(cfg: ModelConfig, train, batch_size: int, seed: int, with_to
     checked = SEATED[cfg.model]
     case = make_case(cfg, *train, batch_size, seed, init=checked.init)
     with check_context(cfg.dtype):
-        sources, losses = checked_sources.gradient_sources(checked, cfg, case, with_torch)
-    sources = {k: v for k, v in sources.items() if k not in ("layer vjp", "layer vjp" + F64)}
+        sources, losses = checked_sources.gradient_sources(
+            checked, cfg, case, with_torch, vjps=False
+        )
     shapes = dict(checked_sources.rules(checked, cfg, batch_size).shapes)
     return References(cfg, seed, case, {}, sources, losses, shapes)
 
