@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 CACHE_ENV = "JAXNINJA_CACHE"  # the same variable learn/references.py reads
 SUBFOLDER = "xla"
@@ -22,6 +24,30 @@ SUBFOLDER = "xla"
 # a grade or a check compiles dozens of programs of a fraction of a second each, and it is their
 # sum a second run saves
 MIN_COMPILE_SECONDS = 0.0
+# XLA's options for a program a command runs only a few times (parity's sides, at any size):
+# LLVM's optimizations off, which are most of a compile's time and buy run time it does not need.
+# XLA's own passes still run and fast math stays off, so results may differ from an optimized
+# compile in the last bits only; tests/conftest.py runs the whole suite so.
+QUICK_COMPILE = {"xla_backend_optimization_level": 0}
+# ... and for one that is small as well (a check's and a grade's sources, the learner's
+# function), XLA's older fusion emitters too: a learner's first grade of exercise 6 with nothing
+# cached, 45 s -> 28 s. Not at GPT-2's size, whose run they slow more than its compile gains.
+SMALL_COMPILE = {
+    **QUICK_COMPILE,
+    "xla_llvm_disable_expensive_passes": True,
+    "xla_cpu_use_fusion_emitters": False,
+}
+
+
+def quick_jit(fun: Callable, small: bool = True, **jit_kwargs: Any) -> Callable:
+    """jax.jit for a program run a few times: compiled with SMALL_COMPILE, or QUICK_COMPILE
+    where small is False (its inputs may be a whole model's)."""
+    import jax
+
+    options = SMALL_COMPILE if small else QUICK_COMPILE
+    return jax.jit(fun, compiler_options=options, **jit_kwargs)
+
+
 # a program no run has read for this long is deleted. JAX's own bound on the folder's size
 # (jax_compilation_cache_max_size) reads every entry's size and time on each write: quadratic
 # in the number of programs, where this reads the folder once a process

@@ -11,6 +11,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jaxninja import parity
+from jaxninja.compile_cache import quick_jit
 from jaxninja.config import model_config
 from jaxninja.data import IGNORE, Vocab, build_rows, row_block_size, rows_from_words, split_words
 from jaxninja.errors import UsageError
@@ -23,7 +24,6 @@ SMALL = model_config(
     "gpt", vocab_size=7, block_size=8, n_embd=16, n_head=2, n_layer=2, dtype="float64"
 )
 TOL = 1e-10  # float64, relative to the row's largest value: only the order of sums differs
-FAST = {"xla_backend_optimization_level": 0}  # tests compile once and run once: LLVM off
 
 
 def with_dx(backward):
@@ -172,7 +172,7 @@ def params():
 
 @pytest.fixture(scope="module")
 def manual():
-    return jax.jit(gpt.loss_and_grads(SMALL), compiler_options=FAST)
+    return quick_jit(gpt.loss_and_grads(SMALL))
 
 
 def close(got: dict, want: dict, tol: float = TOL) -> None:
@@ -188,7 +188,7 @@ def test_backward_is_jax_grad_and_torch(params, manual):
     parameter and every module output, in float64."""
     X, Y = rows(3, seed=1)
     loss, grads, stats = manual(params, X, Y)
-    auto = jax.jit(lambda p, X, Y: gpt.grads_autodiff(SMALL, p, X, Y), compiler_options=FAST)
+    auto = quick_jit(lambda p, X, Y: gpt.grads_autodiff(SMALL, p, X, Y))
     assert set(grads) == set(gpt.grad_order(SMALL)) and stats == {}
     close(grads, auto(params, X, Y))
     torch_loss, torch_grads = torch_gpt.autograd(params, X, Y, SMALL.n_head)
@@ -235,7 +235,7 @@ def test_data_parallel_is_one_device(params, manual):
     sharded = jax.shard_map(
         local, mesh=mesh, in_specs=(P(), P("data"), P("data")), out_specs=(P(), P())
     )
-    loss, grads = jax.jit(sharded, compiler_options=FAST)(params, X, Y)
+    loss, grads = quick_jit(sharded)(params, X, Y)
     want_loss, want, _ = manual(params, X, Y)
     assert abs(float(loss) - float(want_loss)) <= 1e-14
     close(grads, {k: want[k] for k in params}, tol=1e-13)

@@ -30,6 +30,7 @@ import numpy as np
 
 from jaxninja.check import sources as checked_sources
 from jaxninja.check.sources import upcast
+from jaxninja.compile_cache import quick_jit
 from jaxninja.config import ModelConfig
 from jaxninja.models.mlp import GRAD_ORDER, Case, forward, forward_chunked, to_device
 from jaxninja.models.mlp_autodiff import grads_autodiff
@@ -74,7 +75,10 @@ def fused_gradients(
     return loss_value, backward_fused(cache, **parts)
 
 
-_fused_jit = jax.jit(fused_gradients, static_argnames="eps")
+# each runs once or twice a check: compiled quickly (the models' own jits compile for training)
+_fused_jit = quick_jit(fused_gradients, static_argnames="eps")
+_forward_chunked = quick_jit(forward_chunked, static_argnames="eps")
+_grads_autodiff = quick_jit(grads_autodiff, static_argnames="eps")
 
 
 def run_sources(
@@ -85,16 +89,16 @@ def run_sources(
     the forward's intermediates. `atomic` stands in for exercise 1 (params, v, Xb, Yb) -> dict,
     `parts` for exercise 3 in the fused backward."""
     p = to_device(params)
-    loss_chunked, values = forward_chunked(p, Xb, Yb, eps=eps)
+    loss_chunked, values = _forward_chunked(p, Xb, Yb, eps=eps)
     if parts:  # a fresh trace: another's code is never run from a stale compile
-        fused_fn = jax.jit(lambda q, x, y: fused_gradients(q, x, y, eps, **parts))
+        fused_fn = quick_jit(lambda q, x, y: fused_gradients(q, x, y, eps, **parts))
     else:
         fused_fn = partial(_fused_jit, eps=eps)
     loss_compact, fused = fused_fn(p, Xb, Yb)
     sources = {
         "manual": atomic(p, values, Xb, Yb),
         "fused": fused,
-        "jax.grad": grads_autodiff(p, Xb, Yb, eps=eps),
+        "jax.grad": _grads_autodiff(p, Xb, Yb, eps=eps),
     }
     losses = {"chunked": float(loss_chunked), "compact": float(loss_compact)}
     if with_torch:
@@ -110,7 +114,7 @@ def moved_truth(case: Case, eps: float, seed: int) -> dict[str, np.ndarray]:
     """jax.grad in float64 on the case's parameters moved by a few ulps, its cotangent too."""
     cot = moved_cotangent(seed)
     with jax.enable_x64(True):
-        grads = grads_autodiff(to_device(moved_inputs(case.params, seed)), case.Xb, case.Yb, eps)
+        grads = _grads_autodiff(to_device(moved_inputs(case.params, seed)), case.Xb, case.Yb, eps)
         return {k: np.asarray(v) * cot for k, v in grads.items()}
 
 

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxninja.compile_cache import quick_jit
 from jaxninja.config import ModelConfig
 from jaxninja.models.mlp import Case, make_case, to_device
 from jaxninja.parity.named import F64, MOVED, Rules, judge_rows, moved_cotangent, moved_inputs
@@ -103,7 +104,7 @@ def checked(
 
     return Checked(
         name, model.grad_order, shapes, model.check_params,
-        jax.jit(jax_sources, static_argnums=(0, 1, 5)), jax.jit(layer_vjps, static_argnums=0),
+        quick_jit(jax_sources, static_argnums=(0, 1, 5)), quick_jit(layer_vjps, static_argnums=0),
         torch,
     )  # fmt: skip
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 
+from jaxninja.compile_cache import SMALL_COMPILE
 from jaxninja.config import DEFAULT_TIMEOUT
 from jaxninja.errors import UsageError
 from jaxninja.parity.watch import TRACER_NOTE, shows_tracer
@@ -97,15 +98,10 @@ def _time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-# The learner's function runs once, on a small batch: compiled without LLVM's optimisations,
-# which are most of a grade's compile time (exercise 1: 1.5 s -> 0.5 s here) and buy run time it
-# does not need. The rounding may differ in the last bits; the verdicts are calibrated on far more.
-QUICK_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
 def run_once(f: Callable, *args: Any) -> Any:
-    """f(*args), traced afresh (a new jit wrapper each call) and compiled as QUICK_COMPILE says."""
-    return jax.jit(f).lower(*args).compile(QUICK_COMPILE)(*args)
+    """f(*args), traced afresh (a new jit wrapper each call) and compiled quickly, since it runs
+    once (compile_cache.SMALL_COMPILE; exercise 1's compile: 1.5 s -> 0.5 s)."""
+    return jax.jit(f).lower(*args).compile(SMALL_COMPILE)(*args)
 
 
 def check_arity(fn: Callable, n_args: int, exercise: int, signature: str) -> None:

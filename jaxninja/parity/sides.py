@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxninja.compile_cache import quick_jit
 from jaxninja.errors import UsageError
 from jaxninja.parity.dtypes import (
     Narrowing,
@@ -39,10 +40,6 @@ _TRACER_ERRORS = (
     jax.errors.TracerArrayConversionError,
     jax.errors.TracerIntegerConversionError,
 )
-# Each program runs a few times on small inputs, so compiling is nearly all its cost: LLVM's
-# optimizations off halve it. Numerics are unchanged: XLA's own passes still run, and without
-# fast math LLVM keeps IEEE semantics at every level.
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 Key = tuple[str, str]  # ("tap", name), ("out", path) or ("in", path)
 SHARED_BYTES = 2**20  # _torch_inputs: a leaf this large is given uncloned in float64
 CotangentOf = Callable[[int, tuple[int, ...], Any], np.ndarray]  # leaf index, shape, dtype
@@ -136,7 +133,7 @@ def _jax_program(fn: Callable, treedef: Any, mask: tuple, grads: bool, label: st
         )
         return (out, taps, *vjp_fn(cots))
 
-    return forward, jax.jit(program, compiler_options=COMPILER_OPTIONS)
+    return forward, quick_jit(program, small=False)
 
 
 @lru_cache(maxsize=128)
@@ -166,7 +163,7 @@ def _manual_program(forward_fn: Callable, backward_fn: Callable, treedef: Any, m
         diff, (out, taps, _) = forward(floats, others, perturb)
         return diff, (out, taps)
 
-    return shapes_only, jax.jit(program, compiler_options=COMPILER_OPTIONS)
+    return shapes_only, quick_jit(program, small=False)
 
 
 def _pair(result: Any) -> tuple[Any, Any]:
