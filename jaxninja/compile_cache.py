@@ -39,7 +39,7 @@ SMALL_COMPILE = {
 }
 
 
-def quick_jit(fun: Callable, small: bool = True, **jit_kwargs: Any) -> Callable:
+def quick_jit(fun: Callable, *, small: bool = True, **jit_kwargs: Any) -> Callable:
     """jax.jit for a program run a few times: compiled with SMALL_COMPILE, or QUICK_COMPILE
     where small is False (its inputs may be a whole model's)."""
     import jax
