@@ -31,7 +31,8 @@ MIN_COMPILE_SECONDS = 0.0
 QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 # ... and for one that is small as well (a check's and a grade's sources, the learner's
 # function), XLA's older fusion emitters too: a learner's first grade of exercise 6 with nothing
-# cached, 45 s -> 28 s. Not at GPT-2's size, whose run they slow more than its compile gains.
+# cached, 38 s -> 25 s (benchmarks/grade_speed.py). Not at GPT-2's size: there they slow the run
+# more than they save in compiling (benchmarks/parity_scale.py).
 SMALL_COMPILE = {
     **QUICK_COMPILE,
     "xla_llvm_disable_expensive_passes": True,
