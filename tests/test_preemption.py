@@ -102,10 +102,12 @@ CLUSTER_CHUNK = 20
 
 def _cluster(names_path, out: Path, port, i, steps: int = 100_000, *extra):
     """Process i of 2; by default a run far too long to end before the test's signal."""
+    flags = [*TC_FLAGS]
+    flags[flags.index("--checkpoint-every") + 1] = str(CLUSTER_CHUNK)
     return launch(
-        names_path, "--out", str(out), "--steps", str(steps), *TC_FLAGS,
-        "--checkpoint-every", str(CLUSTER_CHUNK), "--coordinator", f"127.0.0.1:{port}",
-        "--num-processes", "2", "--process-id", str(i), *extra,
+        names_path, "--out", str(out), "--steps", str(steps), *flags,
+        "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+        *extra,
     )  # fmt: skip
 
 
